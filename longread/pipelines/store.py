@@ -1,0 +1,72 @@
+"""The indexed corpus: documents and chunks, with lookups, persisted as JSONL in an index dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..io import atomic_write_text
+from ..types import Chunk, Document
+
+__all__ = ["CorpusStore"]
+
+
+class CorpusStore:
+    """Documents and their chunks in index order.
+
+    ``chunks[i]`` is chunk number ``i``; retrievers index vectors and BM25 rows by that number.
+    """
+
+    def __init__(self, documents: Iterable[Document], chunks: Iterable[Chunk]) -> None:
+        self.documents: dict[str, Document] = {}
+        for d in documents:
+            if d.id in self.documents:
+                raise ValueError(f"duplicate document id {d.id!r}")
+            self.documents[d.id] = d
+        self.chunks: list[Chunk] = list(chunks)
+        self.chunk_pos: dict[str, int] = {}
+        self.doc_chunks: dict[str, list[int]] = {d: [] for d in self.documents}
+        for i, c in enumerate(self.chunks):
+            if c.id in self.chunk_pos:
+                raise ValueError(f"duplicate chunk id {c.id!r}")
+            if c.doc_id not in self.documents:
+                raise ValueError(f"chunk {c.id!r} names unknown document {c.doc_id!r}")
+            self.chunk_pos[c.id] = i
+            self.doc_chunks[c.doc_id].append(i)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def positions_for(self, doc_ids: Iterable[str] | None) -> list[int] | None:
+        """Chunk positions of the given documents (None = all); raise ``KeyError`` for an unknown doc."""
+        if doc_ids is None:
+            return None
+        out: list[int] = []
+        for d in doc_ids:
+            if d not in self.doc_chunks:
+                raise KeyError(f"document {d!r} is not in the index")
+            out.extend(self.doc_chunks[d])
+        return out
+
+    def save(self, directory: Path) -> None:
+        """Write ``documents.jsonl`` and ``chunks.jsonl`` atomically into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            directory / "documents.jsonl",
+            "".join(d.model_dump_json() + "\n" for d in self.documents.values()),
+        )
+        atomic_write_text(directory / "chunks.jsonl", "".join(c.model_dump_json() + "\n" for c in self.chunks))
+
+    @classmethod
+    def load(cls, directory: Path) -> "CorpusStore":
+        """Read a store written by ``save``."""
+        docs = [Document.model_validate_json(line) for line in _lines(directory / "documents.jsonl")]
+        chunks = [Chunk.model_validate_json(line) for line in _lines(directory / "chunks.jsonl")]
+        return cls(docs, chunks)
+
+
+def _lines(path: Path) -> Iterable[str]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line

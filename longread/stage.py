@@ -1,0 +1,114 @@
+"""The stage contract shared by every retriever, reranker, compressor, reorderer and reader.
+
+A stage is a class with a registry ``key``, a pydantic ``Params`` model, a cheap ``__init__``,
+a ``setup(ctx)`` that loads models or opens the index once per worker, and a batched
+``__call__``. Stages that need something built at index time (a BM25 index, vectors,
+page KV) return builders from ``indexes()``; the pipeline runs each builder into a temporary
+directory and renames it into ``INDEX_DIR/<name>`` only when it finished, so an index dir
+never holds half-written parts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .types import QAState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.hub import ModelHub
+    from .pipelines.store import CorpusStore
+
+__all__ = ["Params", "Stage", "RunContext", "IndexBuilder", "timed"]
+
+
+class Params(BaseModel):
+    """Base for stage params: unknown fields are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+IndexBuilder = Callable[["RunContext", Path], None]
+"""Builds one index part into the given (temporary, empty) directory."""
+
+
+@dataclass
+class RunContext:
+    """What a stage may use in ``setup``: the opened index, model loader, caches, seed.
+
+    One context per worker process; nothing in it is global.
+    """
+
+    models: "ModelHub"
+    index_dir: Path | None = None
+    store: "CorpusStore | None" = None
+    cache_dir: Path | None = None
+    seed: int = 0
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def index_part(self, name: str) -> Path:
+        """Path of a built index part; raise ``FileNotFoundError`` naming what is missing."""
+        if self.index_dir is None:
+            raise FileNotFoundError(f"index part {name!r} needed but no index dir is open; run `longread index` first")
+        path = self.index_dir / name
+        if not path.is_dir():
+            raise FileNotFoundError(f"index part {name!r} is missing from {self.index_dir}; rebuild the index")
+        return path
+
+    def require_store(self) -> "CorpusStore":
+        """The opened corpus store; raise ``RuntimeError`` when no corpus was indexed."""
+        if self.store is None:
+            raise RuntimeError("this stage needs the indexed corpus, but no index is open")
+        return self.store
+
+
+class Stage:
+    """Base class for every pipeline stage. Subclasses set ``key`` and ``Params``."""
+
+    key: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = Params
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        # Cheap by contract: validate params, load nothing.
+        if params is None:
+            params = self.Params()
+        elif not isinstance(params, self.Params):
+            params = self.Params.model_validate(params if isinstance(params, dict) else params.model_dump())
+        self.params = params
+
+    def setup(self, ctx: RunContext) -> None:
+        """Load models and open index parts. Called once per worker before any batch."""
+
+    def indexes(self) -> dict[str, IndexBuilder]:
+        """Index parts this stage needs, by directory name. Default: none."""
+        return {}
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+
+class timed:
+    """Context manager that adds elapsed seconds to ``trace['timings'][name]`` of each state."""
+
+    def __init__(self, batch: list[QAState], name: str) -> None:
+        self.batch = batch
+        self.name = name
+
+    def __enter__(self) -> "timed":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A batch's time is shared evenly: per-question cost is what the report needs.
+        dt = (time.perf_counter() - self.t0) / max(1, len(self.batch))
+        for s in self.batch:
+            t = s.trace.setdefault("timings", {})
+            t[self.name] = t.get(self.name, 0.0) + dt
