@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: tiny in-process models (built once per session) and a model hub.
+
+Tests that change a model directory must copy it first (``shutil.copytree``): the session
+directories are shared by every test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-architecture causal LM in HF format (see ``longread.testing``)."""
+    from longread.testing import tiny_causal_lm_dir
+
+    return tiny_causal_lm_dir(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT encoder with a WordPiece tokenizer in HF format."""
+    from longread.testing import tiny_encoder_dir as build
+
+    return build(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory):
+    """A ``ModelHub`` on a temporary cache dir (fp32, so tiny-model results are exact)."""
+    from longread.models.hub import ModelHub
+
+    return ModelHub(cache_dir=tmp_path_factory.mktemp("model-cache"), dtype="float32")
