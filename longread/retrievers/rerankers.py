@@ -1,0 +1,675 @@
+"""LLM rerankers: full-listwise, sliding-window listwise, single-token (FIRST) and pointwise.
+
+- ``reranker.fullrank`` — one LLM call ranks *all* candidates ("Sliding Windows Are Not the
+  End", Liu et al. 2024). Passages are numbered ``[1]..[n]``, cut to a word budget, and the
+  model answers with a ranking ``[2] > [1] > ...`` (RankGPT's prompt, as the paper uses it).
+- ``reranker.sliding`` — RankGPT's baseline: the same prompt over windows of ``window``
+  passages moved back to front by ``stride``, so strong passages bubble to the top.
+- ``reranker.first`` — FIRST (Reddy et al. 2024): one forward pass over the listwise prompt,
+  passages ranked by the logit of their identifier as the first generated token. Needs
+  identifiers that are single tokens (letters here), checked against the tokenizer.
+- ``reranker.pointwise`` — one forward pass per passage; score = logit("Yes") - logit("No")
+  for "does this passage answer the query?".
+
+Listwise output is parsed leniently: ids out of range and repeats are dropped, passages the
+model left out follow the ranked ones in their retrieval order. ``trace["rerank_incomplete"]``
+says whether the model's ranking missed any passage; ``trace["rerank_counts"][key]`` has the
+counts. LLM use is counted in ``trace["llm_calls"][key]`` and ``trace["llm_tokens"][key]``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from pydantic import field_validator, model_validator
+
+from ..registry import register
+from ..stage import Params, RunContext, Stage, timed
+from ..types import Passage, QAState
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "RankParse",
+    "ListwiseResult",
+    "ListwiseRanker",
+    "parse_ranking",
+    "truncate_words",
+    "escape_ids",
+    "listwise_messages",
+    "ranking_text",
+    "sliding_windows",
+    "sliding_window_rank",
+    "OverlapRanker",
+    "LLMListwiseRanker",
+    "letter_ids",
+    "FullRankReranker",
+    "SlidingWindowReranker",
+    "FirstReranker",
+    "PointwiseReranker",
+]
+
+DEFAULT_MODEL = "qwen2.5-0.5b-instruct"
+SYSTEM_MESSAGE = "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
+
+# ---------------------------------------------------------------------------------------
+# Prompt and parsing (pure functions: no model)
+# ---------------------------------------------------------------------------------------
+
+_BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
+_DIGITS = re.compile(r"\d+")
+_ID_IN_TEXT = re.compile(r"\[(\d+)\]")
+
+
+def truncate_words(text: str, budget: int) -> str:
+    """The first ``budget`` whitespace-separated words of ``text``, joined by single spaces."""
+    return " ".join(text.split()[:budget])
+
+
+def escape_ids(text: str) -> str:
+    """Rewrite ``[12]`` as ``(12)`` so passage text cannot look like an identifier."""
+    return _ID_IN_TEXT.sub(r"(\1)", text)
+
+
+def listwise_messages(
+    query: str,
+    texts: Sequence[str],
+    *,
+    word_budget: int,
+    ids: Sequence[str] | None = None,
+    system: str | None = SYSTEM_MESSAGE,
+) -> list[dict[str, str]]:
+    """Chat messages asking to rank ``texts`` for ``query`` (RankGPT form, as fullrank uses it).
+
+    ``ids`` are the identifiers shown in brackets (default ``1..n``). Each passage is cut to
+    ``word_budget`` words. The ranking is asked for as ``[2] > [1]`` (the example fullrank
+    uses with variable passage counts).
+    """
+    n = len(texts)
+    ids = [str(i + 1) for i in range(n)] if ids is None else list(ids)
+    if len(ids) != n:
+        raise ValueError(f"got {len(ids)} ids for {n} passages")
+    query = escape_ids(query).strip()
+    lines = [
+        f"I will provide you with {n} passages, each indicated by a numerical identifier []. "
+        f"Rank the passages based on their relevance to the search query: {query}.\n"
+    ]
+    for i, t in zip(ids, texts):
+        lines.append(f"[{i}] {escape_ids(truncate_words(t, word_budget))}")
+    example = f"[{ids[1]}] > [{ids[0]}]" if n >= 2 else f"[{ids[0]}]" if n else "[1]"
+    lines.append(
+        f"Search Query: {query}.\nRank the {n} passages above based on their relevance to the search query. "
+        "All the passages should be included and listed using identifiers, in descending order of relevance. "
+        f"The output format should be [] > [], e.g., {example}, "
+        "Only respond with the ranking results, do not say any word or explain."
+    )
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": "\n".join(lines)})
+    return msgs
+
+
+def ranking_text(order: Sequence[int], ids: Sequence[str] | None = None) -> str:
+    """The target answer for a 0-based ranking: ``"[3] > [1] > [2]"`` (ids default to 1-based numbers)."""
+    return " > ".join(f"[{ids[i] if ids is not None else i + 1}]" for i in order)
+
+
+@dataclass
+class RankParse:
+    """A parsed listwise answer.
+
+    ``order`` is a full permutation of ``range(n)``: the model's ranked ids first, then the
+    missing ones in retrieval order. ``ranked`` counts valid distinct ids the model gave.
+    """
+
+    order: list[int]
+    ranked: int
+    missing: int
+    out_of_range: int
+    repeated: int
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the model's answer did not rank every passage."""
+        return self.missing > 0
+
+
+def parse_ranking(text: str, n: int, ids: Sequence[str] | None = None) -> RankParse:
+    """Parse an answer like ``"[2] > [1] > [3]"`` for ``n`` passages; never raises on bad text.
+
+    With numeric ids (default) bracketed numbers are used when there are any, else every
+    number in the text (RankGPT's lenient reading). With ``ids`` (e.g. letters), bracketed
+    ids are matched against them. Out-of-range and repeated ids are dropped and counted.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if ids is None:
+        found = _BRACKETED.findall(text) or _DIGITS.findall(text)
+        # Guard against absurd digit runs before int(): they are out of range anyway.
+        raw = [int(x) - 1 if len(x) <= 9 else -1 for x in found]
+    else:
+        lookup = {s: i for i, s in enumerate(ids)}
+        found = re.findall(r"\[\s*([^\[\]\s]+)\s*\]", text)
+        raw = [lookup.get(x, -1) for x in found]
+    seen: set[int] = set()
+    order: list[int] = []
+    out_of_range = repeated = 0
+    for r in raw:
+        if not 0 <= r < n:
+            out_of_range += 1
+        elif r in seen:
+            repeated += 1
+        else:
+            seen.add(r)
+            order.append(r)
+    ranked = len(order)
+    order.extend(i for i in range(n) if i not in seen)
+    return RankParse(order=order, ranked=ranked, missing=n - ranked, out_of_range=out_of_range, repeated=repeated)
+
+
+# ---------------------------------------------------------------------------------------
+# Rankers: something that ranks a batch of (query, texts) windows
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ListwiseResult:
+    """One ranked window: the parse plus what the LLM call cost."""
+
+    parse: RankParse
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    text: str = ""
+
+
+ListwiseRanker = Callable[[list[tuple[str, list[str]]]], list[ListwiseResult]]
+"""Ranks a batch of ``(query, passage_texts)`` windows; one result per window, in order."""
+
+
+class OverlapRanker:
+    """A deterministic, model-free listwise ranker: passages by count of query words they contain.
+
+    Ties keep input order. Meant for tests of the window logic and as a no-LLM reference;
+    it records every window it was given in ``calls`` (one list per batch).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, list[str]]]] = []
+
+    def __call__(self, windows: list[tuple[str, list[str]]]) -> list[ListwiseResult]:
+        self.calls.append([(q, list(t)) for q, t in windows])
+        out = []
+        for q, texts in windows:
+            qw = set(re.findall(r"\w+", q.lower()))
+            overlap = [len(qw & set(re.findall(r"\w+", t.lower()))) for t in texts]
+            order = sorted(range(len(texts)), key=lambda i: (-overlap[i], i))
+            out.append(ListwiseResult(RankParse(order, len(order), 0, 0, 0)))
+        return out
+
+
+def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` windows RankGPT visits for ``n`` candidates, back to front.
+
+    The first window ends at ``n``; each next one moves ``stride`` towards the front; the
+    last one starts at 0 (so the front is always ranked, unlike RankGPT's original loop which
+    can skip the first ``window - stride`` passages when ``n`` is not a multiple of ``stride``).
+    """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be > 0, got window={window} stride={stride}")
+    if n <= 0:
+        return []
+    out = []
+    end = n
+    while True:
+        start = max(0, end - window)
+        out.append((start, end))
+        if start == 0:
+            return out
+        end -= stride
+
+
+@dataclass
+class SlidingResult:
+    """Final order of one question after all windows, and the summed window stats."""
+
+    order: list[int]
+    windows: int = 0
+    incomplete: bool = False
+    ranked: int = 0
+    missing: int = 0
+    out_of_range: int = 0
+    repeated: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+
+
+def sliding_window_rank(
+    items: list[tuple[str, list[str]]], ranker: ListwiseRanker, *, window: int, stride: int
+) -> list[SlidingResult]:
+    """Rank each ``(query, texts)`` by sliding windows; the k-th windows of all items go in one batch.
+
+    Returns one ``SlidingResult`` per item with ``order`` a permutation of its passages.
+    """
+    results = [SlidingResult(order=list(range(len(t)))) for _, t in items]
+    plans = [sliding_windows(len(t), window, stride) for _, t in items]
+    for step in range(max((len(p) for p in plans), default=0)):
+        todo = [i for i, p in enumerate(plans) if step < len(p)]
+        reqs = []
+        for i in todo:
+            s, e = plans[i][step]
+            q, texts = items[i]
+            reqs.append((q, [texts[j] for j in results[i].order[s:e]]))
+        outs = ranker(reqs)
+        if len(outs) != len(reqs):
+            raise RuntimeError(f"ranker returned {len(outs)} results for {len(reqs)} windows")
+        for i, res in zip(todo, outs):
+            s, e = plans[i][step]
+            r = results[i]
+            cur = r.order[s:e]
+            if sorted(res.parse.order) != list(range(len(cur))):
+                raise RuntimeError(f"ranker returned {res.parse.order} for a window of {len(cur)}")
+            r.order[s:e] = [cur[j] for j in res.parse.order]
+            r.windows += 1
+            r.incomplete |= res.parse.incomplete
+            r.ranked += res.parse.ranked
+            r.missing += res.parse.missing
+            r.out_of_range += res.parse.out_of_range
+            r.repeated += res.parse.repeated
+            r.prompt_tokens += res.prompt_tokens
+            r.new_tokens += res.new_tokens
+    return results
+
+
+class LLMListwiseRanker:
+    """Listwise ranking by greedy generation with a chat LLM (the RankGPT prompt).
+
+    Takes a loaded ``(model, tokenizer)``; ``max_new_tokens=None`` sizes the answer for the
+    window (the token count of ``[1] > [2] > ... > [n]`` plus a small margin).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, word_budget: int, max_new_tokens: int | None, batch_size: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.word_budget = word_budget
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+
+    def answer_tokens(self, n: int) -> int:
+        """Tokens needed to write a full ranking of ``n`` passages (+4 for end of turn)."""
+        return len(self.tokenizer.encode(ranking_text(range(n)), add_special_tokens=False)) + 4
+
+    def __call__(self, windows: list[tuple[str, list[str]]]) -> list[ListwiseResult]:
+        from ..readers.generate import chat_prompts, generate
+
+        out: list[ListwiseResult | None] = [None] * len(windows)
+        todo = []
+        for k, (q, texts) in enumerate(windows):
+            if len(texts) <= 1:  # nothing to rank: no LLM call
+                out[k] = ListwiseResult(RankParse(list(range(len(texts))), len(texts), 0, 0, 0))
+            else:
+                todo.append(k)
+        # Windows of similar size share a batch and a max_new_tokens.
+        by_len: dict[int, list[int]] = {}
+        for k in todo:
+            by_len.setdefault(len(windows[k][1]), []).append(k)
+        for n, ks in sorted(by_len.items()):
+            convs = [listwise_messages(windows[k][0], windows[k][1], word_budget=self.word_budget) for k in ks]
+            prompts = chat_prompts(self.tokenizer, convs)
+            mnt = self.max_new_tokens or self.answer_tokens(n)
+            gens = generate(self.model, self.tokenizer, prompts, max_new_tokens=mnt, batch_size=self.batch_size)
+            for k, g in zip(ks, gens):
+                out[k] = ListwiseResult(parse_ranking(g.text, n), g.prompt_tokens, g.new_tokens, g.text)
+        return [o for o in out if o is not None]
+
+
+# ---------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------
+
+
+class _RerankParams(Params):
+    """Shared params: ``model`` (hub name or local dir), ``top_n`` candidates to rerank (the
+    rest follow in retrieval order), ``word_budget`` words per passage, ``batch_size`` prompts
+    per forward/generate batch, ``keep`` passages kept after reranking (None: all)."""
+
+    model: str = DEFAULT_MODEL
+    top_n: int = 20
+    word_budget: int = 100
+    batch_size: int = 4
+    keep: int | None = None
+
+    @field_validator("top_n", "word_budget", "batch_size")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        if v <= 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {v}")
+        return v
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"keep must be > 0 or null, got {v}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model must be a non-empty model name or path, got ''")
+        return v
+
+
+def _bump(state: QAState, key: str, calls: int, tokens: int) -> None:
+    for name, val in (("llm_calls", calls), ("llm_tokens", tokens)):
+        d = state.trace.setdefault(name, {})
+        d[key] = d.get(key, 0) + val
+
+
+def _apply_order(state: QAState, key: str, order: list[int], n_ranked: int, keep: int | None) -> None:
+    """Put ``passages[:n_ranked]`` in ``order``; the rest follow; score = descending rank score."""
+    head = [state.passages[i] for i in order]
+    tail = state.passages[n_ranked:]
+    new = head + tail
+    if keep is not None:
+        new = new[:keep]
+    total = len(head) + len(tail)
+    out = []
+    for pos, p in enumerate(new):
+        score = float(total - pos)  # a rank score: higher is better, consistent with the order
+        out.append(Passage(chunk=p.chunk, score=score, scores={**p.scores, key: score}))
+    state.passages = out
+
+
+def _record(state: QAState, key: str, n: int, ranked: int, missing: int, oor: int, rep: int, incomplete: bool) -> None:
+    state.trace["rerank_incomplete"] = bool(state.trace.get("rerank_incomplete", False) or incomplete)
+    state.trace.setdefault("rerank_counts", {})[key] = {
+        "candidates": n,
+        "ranked": ranked,
+        "missing": missing,
+        "out_of_range": oor,
+        "repeated": rep,
+        "incomplete": incomplete,
+    }
+
+
+class _LLMStage(Stage):
+    """Loads ``params.model`` from the hub in ``setup``."""
+
+    def setup(self, ctx: RunContext) -> None:
+        """Load the causal LM and tokenizer once (``ctx.models.causal_lm``)."""
+        self.model, self.tokenizer = ctx.models.causal_lm(self.params.model)
+
+    def _require_setup(self) -> None:
+        if not hasattr(self, "model"):
+            raise RuntimeError(f"{self.key}: call setup(ctx) before running the stage")
+
+
+class _ListwiseStage(_LLMStage):
+    def ranker(self) -> ListwiseRanker:
+        """The LLM listwise ranker this stage uses (after ``setup``)."""
+        self._require_setup()
+        p = self.params
+        return LLMListwiseRanker(
+            self.model, self.tokenizer, word_budget=p.word_budget, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size
+        )
+
+
+@register
+class FullRankReranker(_ListwiseStage):
+    """Rank all top-``top_n`` candidates with one LLM call per question (full-listwise)."""
+
+    key: ClassVar[str] = "reranker.fullrank"
+
+    class Params(_RerankParams):
+        """``max_new_tokens``: answer length cap (None: enough for ``[1] > ... > [n]``)."""
+
+        top_n: int = 20
+        max_new_tokens: int | None = None
+
+        @field_validator("max_new_tokens")
+        @classmethod
+        def _mnt(cls, v: int | None) -> int | None:
+            if v is not None and v <= 0:
+                raise ValueError(f"max_new_tokens must be > 0 or null, got {v}")
+            return v
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Rerank every state's passages; see the module docstring for the trace keys."""
+        ranker = self.ranker()
+        with timed(batch, self.key):
+            items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
+            results = ranker(items)
+            for s, (_, texts), r in zip(batch, items, results):
+                n = len(texts)
+                _apply_order(s, self.key, r.parse.order, n, self.params.keep)
+                called = n > 1
+                _bump(s, self.key, int(called), r.prompt_tokens + r.new_tokens)
+                pr = r.parse
+                _record(s, self.key, n, pr.ranked, pr.missing, pr.out_of_range, pr.repeated, pr.incomplete)
+        return batch
+
+
+@register
+class SlidingWindowReranker(_ListwiseStage):
+    """RankGPT's sliding-window listwise reranking (window 20, stride 10, back to front)."""
+
+    key: ClassVar[str] = "reranker.sliding"
+
+    class Params(_RerankParams):
+        """``window``/``stride``: window size and step (stride <= window); ``max_new_tokens`` as fullrank."""
+
+        top_n: int = 100
+        window: int = 20
+        stride: int = 10
+        max_new_tokens: int | None = None
+
+        @field_validator("window", "stride")
+        @classmethod
+        def _pos(cls, v: int, info: Any) -> int:
+            if v <= 0:
+                raise ValueError(f"{info.field_name} must be > 0, got {v}")
+            return v
+
+        @field_validator("max_new_tokens")
+        @classmethod
+        def _mnt(cls, v: int | None) -> int | None:
+            if v is not None and v <= 0:
+                raise ValueError(f"max_new_tokens must be > 0 or null, got {v}")
+            return v
+
+        @model_validator(mode="after")
+        def _stride(self) -> "SlidingWindowReranker.Params":
+            if self.stride > self.window:
+                raise ValueError(f"stride must be <= window, got stride={self.stride} window={self.window}")
+            return self
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Rerank every state's passages window by window; trace as fullrank, summed over windows."""
+        ranker = self.ranker()
+        with timed(batch, self.key):
+            items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
+            results = sliding_window_rank(items, ranker, window=self.params.window, stride=self.params.stride)
+            for s, (_, texts), r in zip(batch, items, results):
+                n = len(texts)
+                _apply_order(s, self.key, r.order, n, self.params.keep)
+                calls = r.windows if n > 1 else 0
+                _bump(s, self.key, calls, r.prompt_tokens + r.new_tokens)
+                _record(s, self.key, n, r.ranked, r.missing, r.out_of_range, r.repeated, r.incomplete)
+        return batch
+
+
+# ---------------------------------------------------------------------------------------
+# Logit-based rankers (one forward pass, no generation)
+# ---------------------------------------------------------------------------------------
+
+_LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+
+
+def letter_ids(n: int) -> list[str]:
+    """``n`` single-character identifiers A..Z, a..z; raise ``ValueError`` beyond 52."""
+    if n > len(_LETTERS):
+        raise ValueError(f"at most {len(_LETTERS)} single-letter identifiers exist, asked for {n}")
+    return _LETTERS[:n]
+
+
+def single_token_ids(tokenizer: Any, ids: Sequence[str]) -> list[int]:
+    """Token id of each identifier as it follows ``[``; raise ``ValueError`` if one is not one token.
+
+    Checked in context (after ``"["``) because BPE merges depend on the neighbours.
+    """
+    base = tokenizer.encode("[", add_special_tokens=False)
+    out = []
+    for s in ids:
+        toks = tokenizer.encode("[" + s, add_special_tokens=False)
+        if toks[: len(base)] != base or len(toks) != len(base) + 1:
+            alone = tokenizer.encode(s, add_special_tokens=False)
+            raise ValueError(
+                f"identifier {s!r} is not a single token after '[' for this tokenizer "
+                f"(tokens {toks}, alone {alone}); FIRST needs single-token identifiers"
+            )
+        out.append(toks[-1])
+    if len(set(out)) != len(out):
+        raise ValueError(f"identifiers {list(ids)} map to repeated token ids {out}")
+    return out
+
+
+def last_token_logits(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> "torch.Tensor":
+    """Next-token logits after each prompt (float32, shape (len(prompts), vocab)), left-padded batches."""
+    import torch
+
+    rows = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        mask = enc["attention_mask"]
+        # Left padding: positions must count real tokens only, as generate() does.
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            out = model(input_ids=enc["input_ids"].to(model.device), attention_mask=mask.to(model.device), position_ids=pos.to(model.device))
+        rows.append(out.logits[:, -1, :].float().cpu())
+    return torch.cat(rows) if rows else torch.zeros((0, 0))
+
+
+def _prompt_tokens(tokenizer: Any, prompts: list[str]) -> list[int]:
+    return [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
+
+
+@register
+class FirstReranker(_LLMStage):
+    """FIRST: rank by the first-token logits of single-letter identifiers, one forward pass."""
+
+    key: ClassVar[str] = "reranker.first"
+
+    class Params(_RerankParams):
+        """``top_n`` is at most 52 (single-letter identifiers A..Z, a..z)."""
+
+        @field_validator("top_n")
+        @classmethod
+        def _max(cls, v: int) -> int:
+            if not 0 < v <= len(_LETTERS):
+                raise ValueError(f"top_n must be in 1..{len(_LETTERS)} (single-letter ids), got {v}")
+            return v
+
+    def setup(self, ctx: RunContext) -> None:
+        """Load the model and check every identifier is one token (``ValueError`` otherwise)."""
+        super().setup(ctx)
+        self.id_tokens = single_token_ids(self.tokenizer, letter_ids(self.params.top_n))
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Rerank by identifier logits; ``rerank_incomplete`` is always False (every id gets a score)."""
+        from ..readers.generate import chat_prompts
+
+        self._require_setup()
+        with timed(batch, self.key):
+            items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
+            todo = [k for k, (_, t) in enumerate(items) if len(t) > 1]
+            convs = []
+            for k in todo:
+                q, texts = items[k]
+                convs.append(listwise_messages(q, texts, word_budget=self.params.word_budget, ids=letter_ids(len(texts))))
+            # Prefill "[" so the next token is the identifier of the top passage.
+            prompts = [p + "[" for p in chat_prompts(self.tokenizer, convs)] if convs else []
+            logits = last_token_logits(self.model, self.tokenizer, prompts, self.params.batch_size)
+            ntok = _prompt_tokens(self.tokenizer, prompts)
+            row = {k: j for j, k in enumerate(todo)}
+            for k, s in enumerate(batch):
+                n = len(items[k][1])
+                if k in row:
+                    sc = logits[row[k], self.id_tokens[:n]].tolist()
+                    order = sorted(range(n), key=lambda i: (-sc[i], i))
+                    _bump(s, self.key, 1, ntok[row[k]])
+                else:
+                    order = list(range(n))
+                    _bump(s, self.key, 0, 0)
+                _apply_order(s, self.key, order, n, self.params.keep)
+                _record(s, self.key, n, n, 0, 0, 0, False)
+        return batch
+
+
+def pointwise_messages(query: str, text: str, word_budget: int) -> list[dict[str, str]]:
+    """Chat messages asking whether ``text`` answers ``query``, to be answered Yes or No."""
+    return [
+        {
+            "role": "user",
+            "content": f"Passage: {truncate_words(text, word_budget)}\nQuery: {query}\n"
+            "Does the passage answer the query? Answer only 'Yes' or 'No'.",
+        }
+    ]
+
+
+@register
+class PointwiseReranker(_LLMStage):
+    """Score each passage by logit("Yes") - logit("No") of the first answer token; batched."""
+
+    key: ClassVar[str] = "reranker.pointwise"
+
+    def setup(self, ctx: RunContext) -> None:
+        """Load the model and find the single tokens for "Yes" and "No" (``ValueError`` if not single)."""
+        super().setup(ctx)
+        toks = []
+        for word in ("Yes", "No"):
+            t = self.tokenizer.encode(word, add_special_tokens=False)
+            if len(t) != 1:
+                raise ValueError(f"{word!r} is not a single token for this tokenizer (tokens {t}); pointwise needs it")
+            toks.append(t[0])
+        self.yes_no = toks
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Rerank by the yes/no log-odds; ``trace["llm_calls"]`` counts one forward pass per passage."""
+        from ..readers.generate import chat_prompts
+
+        self._require_setup()
+        with timed(batch, self.key):
+            convs, owner = [], []
+            for k, s in enumerate(batch):
+                for p in s.passages[: self.params.top_n]:
+                    convs.append(pointwise_messages(s.question.question, p.chunk.text, self.params.word_budget))
+                    owner.append(k)
+            prompts = chat_prompts(self.tokenizer, convs) if convs else []
+            logits = last_token_logits(self.model, self.tokenizer, prompts, self.params.batch_size)
+            ntok = _prompt_tokens(self.tokenizer, prompts)
+            scores: list[list[float]] = [[] for _ in batch]
+            tokens = [0] * len(batch)
+            for j, k in enumerate(owner):
+                scores[k].append(float(logits[j, self.yes_no[0]] - logits[j, self.yes_no[1]]))
+                tokens[k] += ntok[j]
+            for k, s in enumerate(batch):
+                sc = scores[k]
+                n = len(sc)
+                order = sorted(range(n), key=lambda i: (-sc[i], i))
+                _bump(s, self.key, n, tokens[k])
+                head = [s.passages[i] for i in order]
+                new = head + s.passages[n:]
+                if self.params.keep is not None:
+                    new = new[: self.params.keep]
+                low = min(sc, default=0.0)
+                out = []
+                for pos, p in enumerate(new):
+                    # Ranked passages get their log-odds; the unranked tail stays below them.
+                    score = sc[order[pos]] if pos < n else low - (pos - n + 1)
+                    out.append(Passage(chunk=p.chunk, score=score, scores={**p.scores, self.key: score}))
+                s.passages = out
+                _record(s, self.key, n, n, 0, 0, 0, False)
+        return batch
