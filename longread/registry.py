@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "longread.readers.retrolm",
     "longread.readers.refrag",
     "longread.readers.route",
+    "longread.fakes",
 )
 
 _REGISTRY: dict[str, type[Stage]] = {}

@@ -1,0 +1,262 @@
+"""The ``longread`` command line. Every command mirrors a Python API call.
+
+User errors (bad config, bad data, missing files) print one ``error:`` line and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+# Training recipes live in their own modules; each exposes add_parser(subparsers) and run(args).
+TRAIN_RECIPES = {
+    "fullrank": "longread.train.fullrank",
+    "color": "longread.train.color",
+    "refrag": "longread.train.refrag",
+    "m2bert": "longread.train.m2bert",
+    "retrolm": "longread.train.retrolm",
+}
+
+
+def _pipeline(args: argparse.Namespace):
+    from .pipelines.pipeline import Pipeline, resolve_config_path
+
+    return Pipeline.from_yaml(resolve_config_path(args.config), cache_dir=args.cache_dir, device=args.device)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .data import load_corpus
+
+    pipe = _pipeline(args)
+    docs = load_corpus(args.corpus, max_doc_chars=args.max_doc_chars)
+    t0 = time.perf_counter()
+    out = pipe.index(docs, args.out, rebuild=args.rebuild, show_progress=not args.quiet)
+    man = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+    print(f"indexed {man['n_documents']} documents, {man['n_chunks']} chunks into {out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .data import check_question_scopes, load_corpus, load_questions
+    from .pipelines.runner import run
+
+    pipe = _pipeline(args)
+    if args.corpus is None and args.index is None:
+        raise ValueError("give --corpus (to index it) or --index (an existing index dir)")
+    docs = load_corpus(args.corpus, max_doc_chars=args.max_doc_chars) if args.corpus else None
+    questions = load_questions(args.questions)
+    if docs is not None:
+        check_question_scopes(questions, {d.id for d in docs})
+    res = run(
+        pipe,
+        docs,
+        questions,
+        args.out,
+        index_dir=args.index,
+        executor=args.executor,
+        address=args.address,
+        limit=args.limit,
+        resume=args.resume,
+        fail_fast=args.fail_fast,
+        show_progress=not args.quiet,
+        inputs={"corpus": str(Path(args.corpus).resolve()) if args.corpus else None, "questions": str(Path(args.questions).resolve())},
+    )
+    _print_metrics(res.metrics, res.run_dir)
+    return 0
+
+
+def _print_metrics(m: dict[str, Any], run_dir: Path) -> None:
+    keys = ["n", "n_errors", "em", "f1", "answer_recall", "recall@5", "ndcg@10", "reader_tokens_mean", "seconds_per_question"]
+    parts = []
+    for k in keys:
+        v = m.get(k)
+        if v is None:
+            continue
+        parts.append(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}")
+    print(" ".join(parts))
+    print(f"run dir: {run_dir} (predictions.jsonl, metrics.json, report.md)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_questions
+    from .eval.evaluator import evaluate
+    from .eval.report import write_report
+    from .io import atomic_write_json
+    from .pipelines.runner import PREDICTIONS, load_run_questions, read_predictions
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / PREDICTIONS).is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no {PREDICTIONS}; is it a run dir?")
+    questions = load_questions(args.questions) if args.questions else load_run_questions(run_dir)
+    if questions is None:
+        raise ValueError("the run's questions file is gone; pass --questions")
+    preds = read_predictions(run_dir / PREDICTIONS)
+    ids = {p.id for p in preds}
+    m = evaluate(preds, [q for q in questions if q.id in ids] if args.partial else questions)
+    atomic_write_json(run_dir / "metrics.json", m)
+    cfg = run_dir / "config.yaml"
+    name = run_dir.name
+    if cfg.is_file():
+        import yaml
+
+        name = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("name", name)
+    write_report(run_dir, m, config_name=name)
+    _print_metrics(m, run_dir)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .eval.compare import compare
+    from .io import atomic_write_text
+
+    text = compare([Path(d) for d in args.run_dirs])
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "compare.md", text)
+        print(f"wrote {out / 'compare.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .data import demo_paths, load_corpus, load_questions
+    from .pipelines.pipeline import Pipeline, resolve_config_path
+    from .pipelines.runner import run
+
+    corpus, qpath = demo_paths()
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    pipe = Pipeline.from_yaml(resolve_config_path(args.config), cache_dir=args.cache_dir, device=args.device)
+    docs, questions = load_corpus(corpus), load_questions(qpath)
+    print(f"longread demo: {len(docs)} SQuAD articles (CC BY-SA 4.0), {len(questions)} questions, config {pipe.config.name}")
+    t0 = time.perf_counter()
+    res = run(pipe, docs, questions, out, limit=args.limit, show_progress=not args.quiet, inputs={"corpus": str(corpus), "questions": str(qpath)})
+    m = res.metrics
+    print(f"\nEM {m['em']:.3f}  F1 {m['f1']:.3f}  answer recall {m.get('answer_recall') or 0:.3f}  errors {m['n_errors']}/{m['n']}")
+    print(f"index {m.get('index_seconds', 0):.1f}s, {m['seconds_per_question']:.2f}s per question, total {time.perf_counter() - t0:.1f}s")
+    print(f"run dir: {res.run_dir}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import packs
+
+    if args.models_cmd == "list":
+        print(packs.format_pack_table(cache_dir=args.cache_dir))
+        return 0
+    path = packs.prepare(args.name, cache_dir=args.cache_dir, force=args.force)
+    print(f"{args.name}: ready at {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    # Recipes import torch and peft; load only the one asked for.
+    mod = importlib.import_module(TRAIN_RECIPES[args.recipe])
+    rp = argparse.ArgumentParser(prog=f"longread train {args.recipe}")
+    sub = rp.add_subparsers(dest="_recipe", required=True)
+    mod.add_parser(sub)
+    rargs = rp.parse_args([args.recipe, *args.recipe_args])
+    return int(mod.run(rargs) or 0)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=None, help="model and KV cache dir (default: $LONGREAD_CACHE or ~/.cache/longread)")
+    p.add_argument("--device", default="cpu", help="torch device for models (cpu, cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for all commands."""
+    ap = argparse.ArgumentParser(prog="longread", description="Retrieval-augmented generation over long inputs.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("index", help="chunk a corpus and build the index parts a config needs")
+    p.add_argument("--config", required=True, help="YAML config path or built-in name (e.g. rag_hybrid)")
+    p.add_argument("--corpus", required=True, help="corpus JSONL: {id, text, title?, meta?}")
+    p.add_argument("--out", required=True, help="index dir")
+    p.add_argument("--rebuild", action="store_true", help="replace an index built for another corpus/chunker")
+    p.add_argument("--max-doc-chars", type=int, default=5_000_000)
+    _common(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("run", help="answer questions into a run dir (predictions, metrics, report)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--corpus", default=None)
+    p.add_argument("--questions", required=True, help="questions JSONL: {id, question, answers, doc_ids?, gold_ids?}")
+    p.add_argument("--out", required=True, help="run dir")
+    p.add_argument("--index", default=None, help="index dir (default RUN_DIR/index)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    p.add_argument("--resume", action="store_true", help="continue a run dir that was stopped")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing question")
+    p.add_argument("--max-doc-chars", type=int, default=5_000_000)
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="(re)compute metrics.json and report.md of a run dir")
+    p.add_argument("run_dir")
+    p.add_argument("--questions", default=None, help="questions JSONL (default: the run's own)")
+    p.add_argument("--partial", action="store_true", help="evaluate only the questions that have predictions")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="side-by-side table of several run dirs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default=None, help="dir to write compare.md into")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="answer the shipped SQuAD demo questions and print EM/F1 and timings")
+    p.add_argument("--config", default="rag_hybrid")
+    p.add_argument("--out", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list or prepare the pinned model packs")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    ml = msub.add_parser("list")
+    ml.add_argument("--cache-dir", default=None)
+    mp = msub.add_parser("prepare")
+    mp.add_argument("name")
+    mp.add_argument("--cache-dir", default=None)
+    mp.add_argument("--force", action="store_true", help="convert again even if cached")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help=f"training recipes: {', '.join(TRAIN_RECIPES)}")
+    p.add_argument("recipe", choices=sorted(TRAIN_RECIPES))
+    p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="the recipe's own arguments (see longread train RECIPE --help)")
+    p.set_defaults(func=cmd_train)
+    return ap
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``longread`` console script; returns the exit code."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Fake stages for tests (yours and ours): cheap, deterministic, registered like real ones.
+
+- ``reader.echo``: answers with the first words of the best passage. It can be told to fail on
+  questions containing a marker (to exercise error isolation) or to sleep per question (to have
+  time to kill a run mid-way).
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import Field
+
+from .registry import register
+from .stage import Params, Stage, timed
+from .types import QAState
+
+__all__ = ["EchoReader"]
+
+
+class EchoParams(Params):
+    """Params of ``reader.echo``."""
+
+    words: int = Field(default=3, gt=0, description="how many words of the best passage to answer with")
+    fail_on: str | None = Field(default=None, description="raise ValueError for questions containing this text")
+    sleep_s: float = Field(default=0.0, ge=0, le=60, description="seconds to sleep per question")
+
+
+@register
+class EchoReader(Stage):
+    """Answer with the first ``words`` words of the top passage ("" when there is none)."""
+
+    key = "reader.echo"
+    Params = EchoParams
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        p: EchoParams = self.params  # type: ignore[assignment]
+        with timed(batch, self.key):
+            for s in batch:
+                if p.fail_on is not None and p.fail_on in s.question.question:
+                    raise ValueError(f"question {s.question.id!r} contains {p.fail_on!r}")
+                if p.sleep_s:
+                    time.sleep(p.sleep_s)
+                text = s.passages[0].chunk.text if s.passages else ""
+                s.answer = " ".join(text.split()[: p.words])
+                s.trace["reader_tokens"] = len(" ".join(x.chunk.text for x in s.passages).split())
+        return batch

@@ -1,0 +1,220 @@
+"""Executors: run the query stages over questions, in-process or on Ray.
+
+Both share :func:`run_stage_safely`, so a question that makes a stage fail is recorded with its
+error and skipped by later stages while the rest of its batch goes on; both give the same answers
+for the same config, seed and batch sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..stage import RunContext, Stage
+from ..types import QAState
+
+__all__ = ["run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context"]
+
+ERROR_KEY = "error"
+
+
+class StageFailed(RuntimeError):
+    """A stage raised on a question while ``fail_fast`` was set."""
+
+
+def _error_text(stage: Stage, exc: BaseException) -> str:
+    return f"{stage.key}: {type(exc).__name__}: {exc}"
+
+
+def run_stage_safely(stage: Stage, batch: list[QAState], *, fail_fast: bool = False) -> list[QAState]:
+    """Run ``stage`` on the states of ``batch`` that have no error yet.
+
+    If the stage raises on the batch, each state is retried alone so that only the questions that
+    fail get ``trace["error"]``; with ``fail_fast`` the first error is raised as ``StageFailed``.
+    Returns the states in input order.
+    """
+    todo = [i for i, s in enumerate(batch) if ERROR_KEY not in s.trace]
+    if not todo:
+        return batch
+    out = list(batch)
+    try:
+        done = stage([batch[i] for i in todo])
+        if len(done) != len(todo):
+            raise RuntimeError(f"stage returned {len(done)} states for a batch of {len(todo)}")
+        for i, s in zip(todo, done):
+            out[i] = s
+        return out
+    except Exception as exc:  # noqa: BLE001 - isolated per question below, or re-raised
+        if fail_fast:
+            raise StageFailed(_error_text(stage, exc)) from exc
+        if len(todo) == 1:
+            _mark(out[todo[0]], stage, exc)
+            return out
+    for i in todo:
+        try:
+            (res,) = stage([batch[i]])
+            out[i] = res
+        except Exception as exc:  # noqa: BLE001 - recorded in the prediction and counted
+            _mark(out[i], stage, exc)
+    return out
+
+
+def _mark(state: QAState, stage: Stage, exc: BaseException) -> None:
+    state.trace[ERROR_KEY] = _error_text(stage, exc)
+    state.trace["error_traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=6))
+
+
+def make_context(index_dir: Path | None, *, cache_dir: Path | None, seed: int, device: str) -> RunContext:
+    """Open the index (if any) and build a fresh ``RunContext`` with its own model hub."""
+    from ..models.hub import ModelHub
+    from .store import CorpusStore
+
+    store = CorpusStore.load(index_dir) if index_dir is not None else None
+    return RunContext(
+        models=ModelHub(cache_dir=cache_dir, device=device),
+        index_dir=index_dir,
+        store=store,
+        cache_dir=cache_dir,
+        seed=seed,
+        device=device,
+    )
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class LocalExecutor:
+    """Runs every stage in this process, batch by batch, yielding states as their batch finishes."""
+
+    def __init__(self, stages: Sequence[Stage], batch_sizes: Sequence[int], ctx: RunContext, *, fail_fast: bool = False):
+        self.stages = list(stages)
+        self.batch_sizes = list(batch_sizes)
+        self.ctx = ctx
+        self.fail_fast = fail_fast
+        self._ready = False
+
+    def setup(self) -> None:
+        """Call ``setup`` on every stage once."""
+        if not self._ready:
+            _seed_all(self.ctx.seed)
+            for st in self.stages:
+                st.setup(self.ctx)
+            self._ready = True
+
+    def run(self, states: list[QAState]) -> Iterator[QAState]:
+        """Yield finished states (errored ones included) in input order."""
+        self.setup()
+        group = max(self.batch_sizes) if self.batch_sizes else 1
+        for g in range(0, len(states), group):
+            batch = states[g : g + group]
+            for st, bs in zip(self.stages, self.batch_sizes):
+                out: list[QAState] = []
+                for b in range(0, len(batch), bs):
+                    out.extend(run_stage_safely(st, batch[b : b + bs], fail_fast=self.fail_fast))
+                batch = out
+            yield from batch
+
+
+class _RayStageActor:
+    """Ray actor (or task body) that owns one stage: built and set up once per worker."""
+
+    def __init__(self, key: str, params: dict, index_dir: str | None, cache_dir: str | None, seed: int, device: str, fail_fast: bool):
+        from .. import registry
+
+        cls = registry.get(key)
+        self.stage = cls(cls.Params.model_validate(params))
+        ctx = make_context(Path(index_dir) if index_dir else None, cache_dir=Path(cache_dir) if cache_dir else None, seed=seed, device=device)
+        _seed_all(seed)
+        self.stage.setup(ctx)
+        self.fail_fast = fail_fast
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        states = [QAState.model_validate_json(s) for s in batch["state"]]
+        states = run_stage_safely(self.stage, states, fail_fast=self.fail_fast)
+        return {"state": [s.model_dump_json() for s in states]}
+
+
+class RayExecutor:
+    """Runs the stages as a ``ray.data`` pipeline: one actor pool per stage, sized from its resources.
+
+    Starts a local Ray cluster unless ``address`` names an existing one.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[Any],
+        index_dir: Path | None,
+        *,
+        cache_dir: Path | None,
+        seed: int,
+        device: str = "cpu",
+        address: str | None = None,
+        fail_fast: bool = False,
+    ) -> None:
+        self.specs = list(specs)
+        self.index_dir = index_dir
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.device = device
+        self.address = address
+        self.fail_fast = fail_fast
+
+    def _init(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+        if self.address:
+            kwargs["address"] = self.address
+        ray.init(**kwargs)
+
+    def run(self, states: list[QAState], on_progress: Callable[[int], None] | None = None) -> Iterator[QAState]:
+        """Yield finished states; order follows the input (the dataset preserves order)."""
+        import ray
+        import ray.data
+
+        self._init()
+        dctx = ray.data.DataContext.get_current()
+        dctx.execution_options.preserve_order = True
+        dctx.enable_progress_bars = False
+        ds = ray.data.from_items([{"state": s.model_dump_json()} for s in states], override_num_blocks=max(1, min(len(states), 64)))
+        for spec in self.specs:
+            r = spec.resources
+            ds = ds.map_batches(
+                _RayStageActor,
+                fn_constructor_kwargs={
+                    "key": spec.key,
+                    "params": spec.params,
+                    "index_dir": str(self.index_dir) if self.index_dir else None,
+                    "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                    "seed": self.seed,
+                    "device": self.device,
+                    "fail_fast": self.fail_fast,
+                },
+                batch_size=r.batch_size,
+                num_cpus=r.num_cpus,
+                num_gpus=r.num_gpus or None,
+                concurrency=r.concurrency,
+                batch_format="numpy",
+                max_restarts=2,
+                max_task_retries=2,
+            )
+        for row in ds.iter_rows():
+            yield QAState.model_validate_json(str(row["state"]))
