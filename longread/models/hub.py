@@ -122,6 +122,17 @@ class ModelHub:
                 f"{self._choices()}"
             ) from None
 
+    def provenance(self) -> dict[str, dict[str, str | None]]:
+        """Every model name this hub resolved: its directory and, for packs, the pinned sha256.
+
+        Recorded in a run dir's ``run.json`` so a run can be repeated with the same weights.
+        """
+        out: dict[str, dict[str, str | None]] = {}
+        for name, path in self._paths.items():
+            pack = _packs.PACKS.get(name)
+            out[name] = {"path": str(path), "sha256": pack.sha256 if pack else None}
+        return out
+
     def _choices(self) -> str:
         return (f"valid names are a local HF-format model directory, an HF id 'org/name' (needs hub access), "
                 f"or a registry pack: {', '.join(sorted(_packs.PACKS))}")
