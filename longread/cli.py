@@ -146,6 +146,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data import write_jsonl
+    from .synth import load_babi, load_filler, make_needle_suite
+
+    stories = load_babi(args.babi, max_stories=200) if args.babi else None
+    docs, qs = make_needle_suite(
+        load_filler(args.filler),
+        lengths=args.lengths,
+        depths=args.depths,
+        kind=args.kind,
+        n_needles=args.needles,
+        babi_stories=stories,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    write_jsonl(out / "corpus.jsonl", docs)
+    write_jsonl(out / "questions.jsonl", qs)
+    print(f"wrote {len(docs)} documents and {len(qs)} questions to {out} (corpus.jsonl, questions.jsonl)")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import packs
 
@@ -220,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     _common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="build a needle / multi-needle / bAbI-in-filler long-context suite")
+    p.add_argument("--filler", required=True, help="directory of *.txt filler (e.g. essays)")
+    p.add_argument("--out", required=True, help="dir for corpus.jsonl and questions.jsonl")
+    p.add_argument("--kind", choices=["needle", "multi", "babi"], default="needle")
+    p.add_argument("--lengths", type=int, nargs="+", default=[2000, 4000, 8000, 16000], help="target tokens")
+    p.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100], help="percent")
+    p.add_argument("--needles", type=int, default=4, help="facts per document for --kind multi")
+    p.add_argument("--babi", default=None, help="bAbI task file for --kind babi")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("models", help="list or prepare the pinned model packs")
     msub = p.add_subparsers(dest="models_cmd", required=True)
