@@ -18,14 +18,13 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json
 from ..types import Prediction, Question
 from .metrics import METRIC_STYLES, MetricStyle, answer_in_texts, dedupe, max_over_answers, ndcg_at_k, recall_at_k
 
@@ -327,7 +326,7 @@ def evaluate_run(
     :class:`EvalError` / :class:`longread.data.DataError` for bad ones.
     """
     from ..data import load_questions
-    from .report import write_report
+    from .report import run_name, write_report
 
     run_dir = Path(run_dir)
     if questions is None:
@@ -343,23 +342,5 @@ def evaluate_run(
     metrics["metric_style"] = metric_style
     if write:
         atomic_write_json(run_dir / "metrics.json", metrics)
-        atomic_write_text(
-            run_dir / "per_question.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        )
-        write_report(run_dir, metrics, config_name or _config_name(run_dir), rows=rows)
+        write_report(run_dir, metrics, config_name or run_name(run_dir), rows=rows)
     return metrics
-
-
-def _config_name(run_dir: Path) -> str:
-    """The ``name`` in ``RUN_DIR/config.yaml``, else the directory name."""
-    cfg = run_dir / "config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        try:
-            data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            data = None  # the name is cosmetic; a broken config is reported by the loader, not here
-        if isinstance(data, dict) and isinstance(data.get("name"), str) and data["name"].strip():
-            return data["name"]
-    return run_dir.name
