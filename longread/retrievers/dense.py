@@ -1,0 +1,206 @@
+"""Dense retrieval: an encoder turns chunks and questions into unit vectors; faiss finds the nearest.
+
+Index part (built once, at index time): ``vectors.npy`` (float32, one row per chunk in index
+order, saved without pickle), ``index.faiss`` (faiss' own format: ``IndexFlatIP`` by default,
+``IndexHNSWFlat`` with inner product when ``index: hnsw``) and ``meta.json``.
+
+Scores are inner products of unit vectors (cosine similarity). A question with ``doc_ids``
+is scored exactly against just those documents' chunk vectors with numpy (no approximate
+index involved); an unknown document raises ``KeyError`` naming it. An empty or
+whitespace-only query returns no passages. Ties break by chunk index order.
+
+Threads: ``faiss_threads`` (default 1) is applied with ``faiss.omp_set_num_threads`` in
+``setup``. That is a process-wide faiss setting, so stages in one process share it; on a
+2-core machine one thread answers single queries several times faster than faiss' default
+OpenMP pool (see ``benchmarks/dense_threads.py``). ``None`` leaves faiss' setting alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+from pydantic import field_validator
+
+from ..io import atomic_write_json
+from ..registry import register
+from ..stage import IndexBuilder, Params, RunContext, Stage, timed
+from ..types import QAState
+from .common import Hits, make_passages, part_name, slug, top_k
+
+__all__ = ["DenseRetriever", "build_faiss_index", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_EMPTY: Hits = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+
+
+def build_faiss_index(vectors: np.ndarray, kind: str, *, hnsw_m: int = 32, ef_construction: int = 200) -> Any:
+    """A faiss inner-product index over ``vectors`` (float32, (n, dim)).
+
+    ``kind``: ``"flat"`` (exact ``IndexFlatIP``) or ``"hnsw"`` (``IndexHNSWFlat``, approximate).
+    Raises ``ValueError`` for another kind.
+    """
+    import faiss
+
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+    else:
+        raise ValueError(f"unknown faiss index kind {kind!r}; valid: flat, hnsw")
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def _check_positive(name: str, v: int) -> int:
+    if v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v
+
+
+@register
+class DenseRetriever(Stage):
+    """``retriever.dense``: encoder + faiss inner-product search (see the module docstring)."""
+
+    key: ClassVar[str] = "retriever.dense"
+
+    class Params(Params):
+        """``encoder`` model name or path; ``index`` flat|hnsw with HNSW ``hnsw_m``/``ef_construction``
+        (build time) and ``ef_search`` (query time); ``batch_size`` for encoding; ``faiss_threads``."""
+
+        encoder: str = "all-minilm-l6-v2"
+        top_k: int = 20
+        index: Literal["flat", "hnsw"] = "flat"
+        hnsw_m: int = 32
+        ef_construction: int = 200
+        ef_search: int = 128
+        batch_size: int = 32
+        faiss_threads: int | None = 1
+
+        @field_validator("top_k", "hnsw_m", "ef_construction", "ef_search", "batch_size")
+        @classmethod
+        def _positive(cls, v: int, info: Any) -> int:
+            return _check_positive(info.field_name, v)
+
+        @field_validator("faiss_threads")
+        @classmethod
+        def _threads(cls, v: int | None) -> int | None:
+            if v is not None and v <= 0:
+                raise ValueError(f"faiss_threads must be > 0 or None, got {v}")
+            return v
+
+        @field_validator("encoder")
+        @classmethod
+        def _encoder(cls, v: str) -> str:
+            if not v.strip():
+                raise ValueError(f"encoder must be a model name or path, got {v!r}")
+            return v
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self._encoder: Any = None
+        self._index: Any = None
+        self._vectors: np.ndarray | None = None
+        self._store: Any = None
+
+    @property
+    def part(self) -> str:
+        """Index part name: encoder slug plus a hash of everything that shapes the artifact."""
+        p = self.params
+        fields: dict[str, Any] = {"encoder": p.encoder, "index": p.index, "format": FORMAT_VERSION}
+        if p.index == "hnsw":
+            fields.update(hnsw_m=p.hnsw_m, ef_construction=p.ef_construction)
+        return part_name(f"dense-{slug(p.encoder)}", fields)
+
+    def indexes(self) -> dict[str, IndexBuilder]:
+        """One part: chunk vectors and the faiss index over them."""
+        return {self.part: self._build}
+
+    def _build(self, ctx: RunContext, out: Path) -> None:
+        import faiss
+
+        store = ctx.require_store()
+        p = self.params
+        encoder = ctx.models.encoder(p.encoder)
+        vectors = encoder.encode([c.text for c in store.chunks], kind="document", batch_size=p.batch_size, show_progress=True)
+        np.save(out / "vectors.npy", vectors, allow_pickle=False)
+        faiss.write_index(build_faiss_index(vectors, p.index, hnsw_m=p.hnsw_m, ef_construction=p.ef_construction), str(out / "index.faiss"))
+        atomic_write_json(out / "meta.json", {
+            "format": FORMAT_VERSION, "encoder": p.encoder, "dim": int(vectors.shape[1]), "n": int(vectors.shape[0]),
+            "index": p.index, "hnsw_m": p.hnsw_m, "ef_construction": p.ef_construction,
+        })
+
+    def setup(self, ctx: RunContext) -> None:
+        """Load the encoder and open the persisted vectors and faiss index (never rebuilt here).
+
+        Raises ``ValueError`` when the part does not fit the corpus or the encoder.
+        """
+        import faiss
+
+        store = ctx.require_store()
+        path = ctx.index_part(self.part)
+        with open(path / "meta.json", encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: dense index format {meta.get('format')!r}, expected {FORMAT_VERSION}; rebuild the index")
+        vectors = np.load(path / "vectors.npy", allow_pickle=False, mmap_mode="r")
+        index = faiss.read_index(str(path / "index.faiss"))
+        if vectors.shape[0] != len(store.chunks) or index.ntotal != len(store.chunks):
+            raise ValueError(
+                f"{path}: dense index has {vectors.shape[0]} vectors / {index.ntotal} faiss entries "
+                f"but the corpus has {len(store.chunks)} chunks; rebuild the index"
+            )
+        encoder = ctx.models.encoder(self.params.encoder)
+        if encoder.dim != vectors.shape[1]:
+            raise ValueError(f"{path}: vectors have dim {vectors.shape[1]} but encoder {self.params.encoder!r} gives {encoder.dim}")
+        if self.params.index == "hnsw":
+            index.hnsw.efSearch = self.params.ef_search
+        if self.params.faiss_threads is not None:
+            faiss.omp_set_num_threads(self.params.faiss_threads)
+        self._encoder, self._index, self._vectors, self._store = encoder, index, vectors, store
+
+    def search(self, queries: Sequence[str], doc_ids: Sequence[Sequence[str] | None] | None = None, k: int | None = None) -> list[Hits]:
+        """Hits for each query (optionally scoped to ``doc_ids[i]``), best first.
+
+        Raises ``RuntimeError`` before ``setup`` and ``KeyError`` for an unknown document id.
+        """
+        if self._index is None:
+            raise RuntimeError("DenseRetriever.search called before setup()")
+        k = self.params.top_k if k is None else k
+        scopes = list(doc_ids) if doc_ids is not None else [None] * len(queries)
+        # Resolve scopes first so an unknown document fails before any encoding work.
+        positions = [self._store.positions_for(s) for s in scopes]
+        out: list[Hits] = [_EMPTY] * len(queries)
+        live = [i for i, q in enumerate(queries) if q.strip()]
+        if not live:
+            return out
+        qv = self._encoder.encode([queries[i] for i in live], kind="query", batch_size=self.params.batch_size)
+        free = [j for j, i in enumerate(live) if positions[i] is None]
+        if free:
+            kk = min(k, self._index.ntotal)
+            sims, ids = self._index.search(np.ascontiguousarray(qv[free]), kk)
+            for j, s_row, i_row in zip(free, sims, ids):
+                ok = i_row >= 0  # faiss pads with -1 when it finds fewer than kk
+                pos, sc = i_row[ok].astype(np.int64), s_row[ok].astype(np.float64)
+                order = np.lexsort((pos, -sc))
+                out[live[j]] = (pos[order], sc[order])
+        for j, i in enumerate(live):
+            if positions[i] is not None:
+                # Sorted, de-duplicated positions: ties then break by chunk index, as elsewhere.
+                cand = np.unique(np.asarray(positions[i], dtype=np.int64))
+                sims = np.asarray(self._vectors[cand], dtype=np.float32) @ qv[j]
+                sel, sc = top_k(sims, k)
+                out[i] = (cand[sel], sc)
+        return out
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Set ``passages`` of each state to its dense hits, best first."""
+        with timed(batch, self.key):
+            hits = self.search([s.question.question for s in batch], [s.question.doc_ids for s in batch])
+            for s, h in zip(batch, hits):
+                s.passages = make_passages(self._store.chunks, h, self.key)
+        return batch

@@ -1,0 +1,114 @@
+"""Hybrid retrieval: reciprocal rank fusion (RRF) of BM25 and dense retrieval.
+
+Each component retrieves its ``candidates`` best chunks; a chunk's fused score is
+``sum over components of 1 / (rrf_k + rank)`` with ranks starting at 1 (Cormack, Clarke and
+Buettcher, SIGIR 2009; ``rrf_k = 60`` is their constant). Ties break by the better single
+component rank, then by chunk index. Each passage keeps the component scores it got in
+``passage.scores`` (``retriever.bm25``, ``retriever.dense``) next to ``retriever.hybrid``.
+Scoping and empty queries behave as in the components.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from ..registry import register
+from ..stage import IndexBuilder, Params, RunContext, Stage, timed
+from ..types import Passage, QAState
+from .bm25 import BM25Retriever
+from .common import Hits
+from .dense import DenseRetriever
+
+__all__ = ["HybridRetriever", "rrf_fuse"]
+
+
+def rrf_fuse(runs: Sequence[Hits], rrf_k: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse ranked runs (each ``(positions, scores)`` best first) by reciprocal rank.
+
+    Returns ``(positions, fused_scores)`` best first, at most ``k``.
+    """
+    fused: dict[int, float] = {}
+    best: dict[int, int] = {}
+    for positions, _ in runs:
+        for rank, p in enumerate(positions.tolist(), start=1):
+            fused[p] = fused.get(p, 0.0) + 1.0 / (rrf_k + rank)
+            best[p] = min(best.get(p, rank), rank)
+    order = sorted(fused, key=lambda p: (-fused[p], best[p], p))[:k]
+    return np.asarray(order, dtype=np.int64), np.asarray([fused[p] for p in order], dtype=np.float64)
+
+
+@register
+class HybridRetriever(Stage):
+    """``retriever.hybrid``: RRF of ``retriever.bm25`` and ``retriever.dense`` (see the module docstring)."""
+
+    key: ClassVar[str] = "retriever.hybrid"
+
+    class Params(Params):
+        """Component params (``bm25``, ``dense``), ``rrf_k``, per-component ``candidates`` and final ``top_k``."""
+
+        bm25: BM25Retriever.Params = Field(default_factory=BM25Retriever.Params)
+        dense: DenseRetriever.Params = Field(default_factory=DenseRetriever.Params)
+        rrf_k: float = 60.0
+        candidates: int = 50
+        top_k: int = 20
+
+        @field_validator("rrf_k")
+        @classmethod
+        def _rrf_k(cls, v: float) -> float:
+            if not v >= 0:
+                raise ValueError(f"rrf_k must be >= 0, got {v}")
+            return v
+
+        @field_validator("candidates", "top_k")
+        @classmethod
+        def _positive(cls, v: int, info: Any) -> int:
+            if v <= 0:
+                raise ValueError(f"{info.field_name} must be > 0, got {v}")
+            return v
+
+        @model_validator(mode="after")
+        def _enough(self) -> "HybridRetriever.Params":
+            if self.candidates < self.top_k:
+                raise ValueError(f"candidates must be >= top_k, got candidates={self.candidates} top_k={self.top_k}")
+            return self
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.bm25 = BM25Retriever(self.params.bm25)
+        self.dense = DenseRetriever(self.params.dense)
+        self._store: Any = None
+
+    def indexes(self) -> dict[str, IndexBuilder]:
+        """The union of the BM25 and dense parts."""
+        return {**self.bm25.indexes(), **self.dense.indexes()}
+
+    def setup(self, ctx: RunContext) -> None:
+        """Open both components' persisted parts."""
+        self.bm25.setup(ctx)
+        self.dense.setup(ctx)
+        self._store = ctx.require_store()
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Set ``passages`` of each state to the fused hits, best first."""
+        p = self.params
+        with timed(batch, self.key):
+            queries = [s.question.question for s in batch]
+            scopes = [s.question.doc_ids for s in batch]
+            runs = {
+                self.bm25.key: self.bm25.search(queries, scopes, k=p.candidates),
+                self.dense.key: self.dense.search(queries, scopes, k=p.candidates),
+            }
+            chunks = self._store.chunks
+            for i, s in enumerate(batch):
+                comp = {key: dict(zip(h[i][0].tolist(), h[i][1].tolist())) for key, h in runs.items()}
+                positions, fused = rrf_fuse([h[i] for h in runs.values()], p.rrf_k, p.top_k)
+                passages = []
+                for pos, f in zip(positions.tolist(), fused.tolist()):
+                    scores = {key: c[pos] for key, c in comp.items() if pos in c}
+                    scores[self.key] = f
+                    passages.append(Passage(chunk=chunks[pos], score=f, scores=scores))
+                s.passages = passages
+        return batch
