@@ -1,0 +1,680 @@
+"""``reader.retrolm``: KV-level retrieval over pages of a long input (after RetroLM).
+
+RetroLM ("Does RAG Really Perform Bad For Long-Context Processing?") retrieves at the level of
+the model's own key/value cache instead of text chunks. This reader, written from the paper's
+description (no official code exists):
+
+1. Tokenizes the prompt *prefix* (chat template up to the document), the scoped document(s) and
+   the question *suffix* separately. The prefix plus the first ``sink_tokens`` document tokens
+   form the **sink**; the rest of the document is cut into contiguous **pages** of
+   ``page_size`` tokens.
+2. **Prefills page by page with bounded memory**: each page attends only to the sink and the
+   ``local_pages`` pages before it. Positions inside that window are compact (sink at
+   ``0..S-1``, window pages right after it), so no page ever sees a position beyond
+   ``S + (local_pages + 1) * page_size`` and documents longer than the model's window work.
+3. Keeps every page's KV. **Keys are stored as the model produced them, rotated at their
+   prefill position** (saved in ``pos``), so reusing them unchanged is exact; they are moved to
+   any other position with :func:`longread.readers.kvcache.rerotate_keys`. Per page it also keeps
+   position-free summaries of its keys (mean, channel min and max, float32).
+4. **Scores pages from the KV**: the question suffix runs once after the sink, its query vectors
+   (``q_proj`` outputs, before rotation) are compared with each page's summary keys
+   (``mean_key``: q·mean; ``quest``: the Quest upper bound Σ max(q·min, q·max)); per layer and
+   head the page scores are softmaxed over pages and averaged.
+5. **Selects** the last ``recent_pages`` pages (nearest the question) plus the best-scored pages
+   within ``budget_tokens`` document tokens, and decodes greedily attending only to
+   sink + selected pages + question. ``positions="compact"`` re-rotates the selected pages to
+   contiguous positions after the sink; ``"original"`` keeps each page at its place in the
+   document (requires the whole document to fit in the model's window).
+
+Page KV is written atomically as one safetensors file per document under
+``<cache_dir>/retrolm/<model>/``, keyed by the document text's sha256, the model (name and
+config), page size, dtype, sink/window params and the prompt prefix, and reused by every later
+question on that document (even from a new process). With ``precompute: true`` the same files
+are built at index time into the index part named by :meth:`RetroLMReader.indexes`. Without a
+cache dir, page KV of the last ``memory_docs`` documents is kept in memory.
+
+``self.stats`` counts documents and pages prefilled and cache hits, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..io import atomic_write_bytes
+from ..registry import register
+from ..stage import Params, RunContext, Stage, timed
+from ..types import QAState
+
+__all__ = ["RetroLMParams", "RetroLMReader", "PagedDoc", "DEFAULT_INSTRUCTION", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+DEFAULT_INSTRUCTION = (
+    "Answer the question using the document. Reply with a short answer (a few words), no explanation."
+)
+_DOC_MARK = "\u2063LONGREAD_DOCUMENT\u2063"
+_QUESTION_MARK = "\u2063LONGREAD_QUESTION\u2063"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+class RetroLMParams(Params):
+    """Params of ``reader.retrolm`` (see the module docstring for the method)."""
+
+    model: str = Field(default="qwen2.5-0.5b-instruct", description="causal LM name or local HF dir (rotary positions)")
+    page_size: int = Field(default=128, description="tokens per page")
+    budget_tokens: int = Field(default=2048, description="document tokens kept in KV at decode (sink doc tokens + pages)")
+    sink_tokens: int = Field(default=0, description="first document tokens always kept with the prompt prefix")
+    local_pages: int = Field(default=4, description="previous pages each page attends to during prefill")
+    recent_pages: int = Field(default=1, description="last pages of the document always selected")
+    positions: Literal["compact", "original"] = Field(default="compact", description="decode positions of pages")
+    scorer: Literal["mean_key", "quest"] = Field(default="mean_key", description="page scorer")
+    score_layers: list[int] | None = Field(default=None, description="layers whose queries score pages; None = all")
+    max_new_tokens: int = Field(default=32, description="greedy decoding length")
+    instruction: str = Field(default=DEFAULT_INSTRUCTION, description="instruction before the document")
+    cache: bool = Field(default=True, description="reuse page KV across questions (disk under cache_dir, else memory)")
+    precompute: bool = Field(default=False, description="build page KV for every document at index time")
+    memory_docs: int = Field(default=2, description="documents kept in memory when there is no cache dir")
+    max_input_tokens: int = Field(default=262_144, description="refuse longer scoped inputs")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model must be a non-empty model name or path")
+        return v
+
+    @field_validator("page_size")
+    @classmethod
+    def _page(cls, v: int) -> int:
+        if not 1 <= v <= 8192:
+            raise ValueError(f"page_size must be in [1, 8192], got {v}")
+        return v
+
+    @field_validator("budget_tokens", "max_input_tokens", "max_new_tokens", "memory_docs")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        if v <= 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {v}")
+        return v
+
+    @field_validator("sink_tokens", "local_pages", "recent_pages")
+    @classmethod
+    def _non_negative(cls, v: int, info: Any) -> int:
+        if v < 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {v}")
+        return v
+
+    @field_validator("score_layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not v:
+            raise ValueError("score_layers must be None (all layers) or a non-empty list, got []")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> "RetroLMParams":
+        if self.budget_tokens < self.page_size:
+            raise ValueError(
+                f"budget_tokens ({self.budget_tokens}) must be >= page_size ({self.page_size}): no page would fit"
+            )
+        forced = self.sink_tokens + self.recent_pages * self.page_size
+        if forced > self.budget_tokens:
+            raise ValueError(
+                f"sink_tokens + recent_pages * page_size = {forced} exceeds budget_tokens ({self.budget_tokens})"
+            )
+        return self
+
+
+@dataclass
+class PagedDoc:
+    """Page KV of one long input, in memory or backed by a safetensors file.
+
+    ``get(name)`` returns a tensor: ``sink.k``/``sink.v`` (``[L, kv_heads, S, head_dim]``),
+    ``page.{i}.k``/``page.{i}.v``, ``pos`` (prefill position of every sink and page token),
+    ``bounds`` (``[P, 2]`` token ranges of pages in the sink+document sequence), ``spans``
+    (``[P, 2]`` character ranges of pages in the input text) and ``summary.{mean,min,max}``
+    (``[L, kv_heads, P, head_dim]`` float32 position-free key summaries).
+    """
+
+    key: str
+    get: Callable[[str], Any]
+    sink_len: int
+    n_pages: int
+    source: str  # "prefill", "memory", "disk", "index"
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def tensor(self, name: str) -> Any:
+        if name not in self._cache:
+            self._cache[name] = self.get(name)
+        return self._cache[name]
+
+
+@register
+class RetroLMReader(Stage):
+    """Reader that retrieves pages of the input's own KV cache and decodes from them."""
+
+    key: ClassVar[str] = "reader.retrolm"
+    Params = RetroLMParams
+
+    def __init__(self, params: RetroLMParams | dict | None = None) -> None:
+        super().__init__(params)
+        self.stats = {"documents_prefilled": 0, "pages_prefilled": 0, "memory_hits": 0, "disk_hits": 0, "index_hits": 0}
+        self._model = None
+        self._tok = None
+        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache_root: Path | None = None
+        self._index_root: Path | None = None
+        self._store = None
+
+    # ------------------------------------------------------------------ setup
+    def indexes(self) -> dict[str, Callable[[RunContext, Path], None]]:
+        """``{part: builder}`` when ``precompute`` is set: page KV for every corpus document."""
+        if not self.params.precompute:
+            return {}
+        return {self._part_name(): self._build_part}
+
+    def _part_name(self) -> str:
+        p = self.params
+        h = _sha([FORMAT_VERSION, p.page_size, p.sink_tokens, p.local_pages, p.instruction])[:12]
+        return f"retrolm-{_slug(p.model)}-{h}"
+
+    def _build_part(self, ctx: RunContext, out_dir: Path) -> None:
+        self._load_model(ctx)
+        store = ctx.require_store()
+        for doc in store.documents.values():
+            text = doc.text
+            prefix_ids = self._prefix_ids()
+            doc_ids, offsets = self._doc_ids(text)
+            key = self._doc_key(text, prefix_ids)
+            tensors = self._prefill(prefix_ids, doc_ids, offsets)
+            self._write(out_dir / f"{key}.safetensors", key, tensors)
+
+    def setup(self, ctx: RunContext) -> None:
+        """Load the model; open the precomputed index part (if ``precompute``) and the cache dir."""
+        self._load_model(ctx)
+        self._store = ctx.store
+        p = self.params
+        if p.precompute:
+            self._index_root = ctx.index_part(self._part_name())
+        if p.cache and ctx.cache_dir is not None:
+            self._cache_root = Path(ctx.cache_dir) / "retrolm" / _slug(p.model)
+
+    def _load_model(self, ctx: RunContext) -> None:
+        if self._model is not None:
+            return
+        from .kvcache import model_layout, rope_inv_freq
+
+        model, tok = ctx.models.causal_lm(self.params.model)
+        self._inv_freq = rope_inv_freq(model)  # raises for models without usable rotary positions
+        self._layout = model_layout(model)
+        n_layers = self._layout[0]
+        layers = self.params.score_layers
+        if layers is not None:
+            bad = [i for i in layers if not -n_layers <= i < n_layers]
+            if bad:
+                raise ValueError(f"score_layers {bad} out of range for a {n_layers}-layer model")
+            self._score_layers = sorted({i % n_layers for i in layers})
+        else:
+            self._score_layers = list(range(n_layers))
+        self._model, self._tok = model, tok
+        self._device = next(model.parameters()).device
+        self._max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 1 << 30
+        self._dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        self._model_sig = _sha([self.params.model, model.config.to_json_string(use_diff=False)])[:16]
+        self._eos = self._eos_ids()
+        p = self.params
+        window = self._prefix_len_estimate() + p.sink_tokens + (p.local_pages + 1) * p.page_size
+        if window > self._max_pos:
+            raise ValueError(
+                f"prefill window (prefix + sink_tokens + (local_pages + 1) * page_size = {window}) exceeds the "
+                f"model's {self._max_pos} positions; lower local_pages or page_size"
+            )
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (getattr(self._model, "generation_config", None), self._tok):
+            e = getattr(src, "eos_token_id", None)
+            if e is None:
+                continue
+            ids.update(e if isinstance(e, (list, tuple)) else [e])
+        for t in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>"):
+            i = self._tok.convert_tokens_to_ids(t)
+            if isinstance(i, int) and i >= 0 and i != getattr(self._tok, "unk_token_id", None):
+                ids.add(i)
+        return ids
+
+    # ---------------------------------------------------------------- prompts
+    def _render(self, question: str) -> tuple[str, str]:
+        """(prefix text, suffix text) around the document for ``question``."""
+        content = f"{self.params.instruction}\n\nDocument:\n{_DOC_MARK}\n\nQuestion: {_QUESTION_MARK}"
+        if getattr(self._tok, "chat_template", None):
+            text = self._tok.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = content + "\nAnswer:"
+        if text.count(_DOC_MARK) != 1 or text.count(_QUESTION_MARK) != 1:
+            raise ValueError(f"chat template of {self.params.model!r} does not keep the user message verbatim")
+        prefix, suffix = text.split(_DOC_MARK)
+        return prefix, suffix.replace(_QUESTION_MARK, question)
+
+    def _prefix_ids(self) -> list[int]:
+        prefix, _ = self._render("?")
+        # Chat templates carry their own BOS; plain text gets the tokenizer's default specials.
+        plain = not getattr(self._tok, "chat_template", None)
+        return list(self._tok(prefix, add_special_tokens=plain)["input_ids"])
+
+    def _prefix_len_estimate(self) -> int:
+        return len(self._prefix_ids())
+
+    def _doc_ids(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        if len(ids) > self.params.max_input_tokens:
+            raise ValueError(
+                f"input has {len(ids)} tokens, more than max_input_tokens={self.params.max_input_tokens}"
+            )
+        if not ids:
+            raise ValueError("input document tokenizes to no tokens")
+        return ids, [tuple(o) for o in enc["offset_mapping"]]
+
+    def _doc_key(self, text: str, prefix_ids: list[int]) -> str:
+        p = self.params
+        return _sha(
+            {
+                "v": FORMAT_VERSION,
+                "doc": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "model": self._model_sig,
+                "page_size": p.page_size,
+                "dtype": self._dtype,
+                "sink_tokens": p.sink_tokens,
+                "local_pages": p.local_pages,
+                "prefix": prefix_ids,
+            }
+        )[:32]
+
+    def cache_key(self, text: str) -> str:
+        """The page-KV cache key of ``text`` for this reader's model and params (after ``setup``)."""
+        return self._doc_key(text, self._prefix_ids())
+
+    # ---------------------------------------------------------------- prefill
+    def _prefill(self, prefix_ids: list[int], doc_ids: list[int], offsets: list[tuple[int, int]]) -> dict[str, Any]:
+        """Page-by-page bounded prefill; returns the tensors of a :class:`PagedDoc`."""
+        import torch
+        dev = self._device
+
+        from .kvcache import cache_layers, make_cache, rerotate_keys, unrotate_keys
+
+        p = self.params
+        ps, inv = p.page_size, self._inv_freq
+        n_sink_doc = min(p.sink_tokens, len(doc_ids))
+        sink_ids = prefix_ids + doc_ids[:n_sink_doc]
+        rest = doc_ids[n_sink_doc:]
+        S = len(sink_ids)
+        body = self._model.model
+        with torch.inference_mode():
+            out = body(
+                input_ids=torch.tensor([sink_ids], device=dev),
+                position_ids=torch.arange(S, device=dev)[None],
+                past_key_values=make_cache([]),
+                use_cache=True,
+            )
+            sink = [(k[0].clone(), v[0].clone()) for k, v in cache_layers(out.past_key_values)]
+            pages: list[tuple[list[Any], list[Any], Any]] = []  # (keys per layer, values per layer, pos)
+            bounds, spans = [], []
+            means, mins, maxs = [], [], []
+            for i, start in enumerate(range(0, len(rest), ps)):
+                ids = rest[start : start + ps]
+                first = max(0, i - p.local_pages)
+                window = pages[first:i]
+                layers = []
+                for li, (sk, sv) in enumerate(sink):
+                    ks, vs = [sk], [sv]
+                    at = S
+                    for wk, wv, wpos in window:
+                        n = wpos.shape[0]
+                        ks.append(rerotate_keys(wk[li], wpos, torch.arange(at, at + n), inv))
+                        vs.append(wv[li])
+                        at += n
+                    layers.append((torch.cat(ks, dim=1)[None], torch.cat(vs, dim=1)[None]))
+                at = S + sum(w[2].shape[0] for w in window)
+                pos = torch.arange(at, at + len(ids))
+                out = body(
+                    input_ids=torch.tensor([ids], device=dev),
+                    position_ids=pos.to(dev)[None],
+                    past_key_values=make_cache(layers),
+                    use_cache=True,
+                )
+                n = len(ids)
+                pk = [k[0, :, -n:].clone() for k, _ in cache_layers(out.past_key_values)]
+                pv = [v[0, :, -n:].clone() for _, v in cache_layers(out.past_key_values)]
+                pages.append((pk, pv, pos))
+                self.stats["pages_prefilled"] += 1
+                raw = torch.stack([unrotate_keys(k, pos, inv) for k in pk])  # [L, kvH, n, d] float32
+                means.append(raw.mean(dim=2))
+                mins.append(raw.amin(dim=2))
+                maxs.append(raw.amax(dim=2))
+                tok0 = S + start
+                bounds.append((tok0, tok0 + n))
+                c0 = offsets[n_sink_doc + start][0]
+                c1 = offsets[n_sink_doc + start + n - 1][1]
+                spans.append((c0, c1))
+        self.stats["documents_prefilled"] += 1
+        tensors: dict[str, Any] = {
+            "sink.k": torch.stack([k for k, _ in sink]).contiguous(),
+            "sink.v": torch.stack([v for _, v in sink]).contiguous(),
+            "pos": torch.cat([torch.arange(S)] + [pg[2] for pg in pages]).to(torch.int64),
+            "bounds": torch.tensor(bounds, dtype=torch.int64).reshape(-1, 2),
+            "spans": torch.tensor(spans, dtype=torch.int64).reshape(-1, 2),
+        }
+        if pages:
+            tensors["summary.mean"] = torch.stack(means, dim=2).contiguous()
+            tensors["summary.min"] = torch.stack(mins, dim=2).contiguous()
+            tensors["summary.max"] = torch.stack(maxs, dim=2).contiguous()
+        for i, (pk, pv, _) in enumerate(pages):
+            tensors[f"page.{i}.k"] = torch.stack(pk).contiguous()
+            tensors[f"page.{i}.v"] = torch.stack(pv).contiguous()
+        return tensors
+
+    # ------------------------------------------------------------------ cache
+    def _write(self, path: Path, key: str, tensors: dict[str, Any]) -> None:
+        from safetensors.torch import save
+
+        meta = {"format": str(FORMAT_VERSION), "key": key, "model": self.params.model, "page_size": str(self.params.page_size)}
+        atomic_write_bytes(path, save({k: v.cpu() for k, v in tensors.items()}, metadata=meta))
+
+    def _open(self, key: str, path: Path, source: str) -> PagedDoc | None:
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        handle = safe_open(str(path), framework="pt")
+        meta = handle.metadata() or {}
+        if meta.get("key") != key or meta.get("format") != str(FORMAT_VERSION):
+            raise ValueError(f"page-KV file {path} does not hold key {key}; delete it and rerun")
+        sink_len = handle.get_slice("sink.k").get_shape()[2]
+        n_pages = handle.get_slice("bounds").get_shape()[0]
+        dev = self._device
+        return PagedDoc(key, lambda name: handle.get_tensor(name).to(dev), sink_len, n_pages, source)
+
+    def _from_tensors(self, key: str, tensors: dict[str, Any], source: str) -> PagedDoc:
+        return PagedDoc(key, tensors.__getitem__, tensors["sink.k"].shape[2], tensors["bounds"].shape[0], source)
+
+    def _paged(self, text: str, prefix_ids: list[int], batch_memory: dict[str, dict[str, Any]]) -> tuple[PagedDoc, int]:
+        """The page KV of ``text``: from memory, the index part, the cache dir, or a fresh prefill.
+
+        Returns it with the number of tokens prefilled for it now (0 when reused).
+        """
+        key = self._doc_key(text, prefix_ids)
+        if key in batch_memory:
+            self.stats["memory_hits"] += 1
+            return self._from_tensors(key, batch_memory[key], "memory"), 0
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.stats["memory_hits"] += 1
+            return self._from_tensors(key, self._memory[key], "memory"), 0
+        name = f"{key}.safetensors"
+        if self._index_root is not None:
+            doc = self._open(key, self._index_root / name, "index")
+            if doc is not None:
+                self.stats["index_hits"] += 1
+                return doc, 0
+        if self._cache_root is not None:
+            doc = self._open(key, self._cache_root / name, "disk")
+            if doc is not None:
+                self.stats["disk_hits"] += 1
+                return doc, 0
+        doc_ids, offsets = self._doc_ids(text)
+        tensors = self._prefill(prefix_ids, doc_ids, offsets)
+        if self._cache_root is not None:
+            self._write(self._cache_root / name, key, tensors)
+        elif self.params.cache:
+            self._memory[key] = tensors
+            while len(self._memory) > self.params.memory_docs:
+                self._memory.popitem(last=False)
+        batch_memory[key] = tensors
+        return self._from_tensors(key, tensors, "prefill"), len(prefix_ids) + len(doc_ids)
+
+    # -------------------------------------------------------------- selection
+    def _query_vectors(self, doc: PagedDoc, suffix_ids: list[int]) -> dict[int, Any]:
+        """Pre-rotation query vectors ``[heads, T, head_dim]`` of the question at the scoring layers."""
+        import torch
+        dev = self._device
+
+        from .kvcache import make_cache
+
+        sk, sv = doc.tensor("sink.k"), doc.tensor("sink.v")
+        layers = self._model.model.layers
+        _, n_heads, _, d = self._layout
+        captured: dict[int, Any] = {}
+        hooks = []
+        for li in self._score_layers:
+            attn = layers[li].self_attn
+
+            def hook(_m: Any, _inp: Any, out: Any, li: int = li, attn: Any = attn) -> None:
+                q = out[0].view(out.shape[1], n_heads, d)
+                norm = getattr(attn, "q_norm", None)  # Qwen3-style per-head query norm
+                if norm is not None:
+                    q = norm(q)
+                captured[li] = q.transpose(0, 1).float()
+
+            hooks.append(attn.q_proj.register_forward_hook(hook))
+        try:
+            S = doc.sink_len
+            with torch.inference_mode():
+                self._model.model(
+                    input_ids=torch.tensor([suffix_ids], device=dev),
+                    position_ids=torch.arange(S, S + len(suffix_ids), device=dev)[None],
+                    past_key_values=make_cache([(sk[i][None], sv[i][None]) for i in range(sk.shape[0])]),
+                    use_cache=True,
+                )
+        finally:
+            for h in hooks:
+                h.remove()
+        return captured
+
+    def score_pages(self, doc: PagedDoc, suffix_ids: list[int]) -> Any:
+        """Relevance of every page of ``doc`` to the question suffix: float32 tensor ``[P]``."""
+        import torch
+
+        queries = self._query_vectors(doc, suffix_ids)
+        _, n_heads, n_kv, d = self._layout
+        group = n_heads // n_kv
+        total = torch.zeros(doc.n_pages, device=self._device)
+        for li, q in queries.items():  # q: [H, T, d]
+            if self.params.scorer == "mean_key":
+                mk = doc.tensor("summary.mean")[li].repeat_interleave(group, dim=0)  # [H, P, d]
+                logits = q @ mk.transpose(1, 2)
+            else:
+                lo = doc.tensor("summary.min")[li].repeat_interleave(group, dim=0)
+                hi = doc.tensor("summary.max")[li].repeat_interleave(group, dim=0)
+                qe = q[:, :, None, :]  # [H, T, 1, d]
+                logits = torch.maximum(qe * lo[:, None], qe * hi[:, None]).sum(-1)
+            probs = torch.softmax(logits / math.sqrt(d), dim=-1)  # [H, T, P]
+            total += probs.mean(dim=(0, 1))
+        return (total / max(1, len(queries))).cpu()
+
+    def select_pages(self, lengths: list[int], scores: Any | None) -> list[int]:
+        """Indices (ascending) of pages to keep: the recent ones, then best-scored within the budget."""
+        p = self.params
+        left = p.budget_tokens - p.sink_tokens
+        n = len(lengths)
+        if sum(lengths) <= left:
+            return list(range(n))
+        chosen = set(range(max(0, n - p.recent_pages), n))
+        left -= sum(lengths[i] for i in chosen)
+        if scores is None:
+            raise ValueError("scores are needed when the pages exceed the budget")
+        for i in sorted(range(n), key=lambda j: (-float(scores[j]), j)):
+            if i in chosen or lengths[i] > left:
+                continue
+            chosen.add(i)
+            left -= lengths[i]
+        return sorted(chosen)
+
+    # ----------------------------------------------------------------- decode
+    def _assemble(self, doc: PagedDoc, selected: list[int]) -> tuple[Any, int, int]:
+        """A cache of sink + ``selected`` pages at their decode positions.
+
+        Returns ``(cache, first position after the document, KV length)``.
+        """
+        import torch
+
+        from .kvcache import make_cache, rerotate_keys
+
+        S = doc.sink_len
+        bounds, pos_all = doc.tensor("bounds"), doc.tensor("pos")
+        ks, vs, at = [doc.tensor("sink.k")], [doc.tensor("sink.v")], S
+        for i in selected:
+            b0, b1 = int(bounds[i, 0]), int(bounds[i, 1])
+            n = b1 - b0
+            # compact: right after the previous kept token; original: where the page is in the input.
+            target = torch.arange(at, at + n) if self.params.positions == "compact" else torch.arange(b0, b1)
+            ks.append(rerotate_keys(doc.tensor(f"page.{i}.k"), pos_all[b0:b1], target, self._inv_freq))
+            vs.append(doc.tensor(f"page.{i}.v"))
+            at += n
+        if self.params.positions == "original":
+            at = int(bounds[-1, 1]) if doc.n_pages else S
+        k_all, v_all = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+        cache = make_cache([(k_all[li][None], v_all[li][None]) for li in range(k_all.shape[0])])
+        return cache, at, k_all.shape[2]
+
+    def _decode(self, doc: PagedDoc, selected: list[int], suffix_ids: list[int]) -> tuple[list[int], float, float, int]:
+        """Greedy decode over sink + selected pages; returns (token ids, ttft from now, decode seconds, KV length)."""
+        import torch
+        dev = self._device
+
+        p = self.params
+        t0 = time.perf_counter()
+        cache, at, kv_len = self._assemble(doc, selected)
+        end = at + len(suffix_ids) + p.max_new_tokens
+        if end > self._max_pos:
+            raise ValueError(
+                f"decode needs positions up to {end} but {p.model!r} has {self._max_pos}; "
+                + ("use positions: compact" if p.positions == "original" else "lower budget_tokens")
+            )
+        out_ids: list[int] = []
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=torch.tensor([suffix_ids], device=dev),
+                position_ids=torch.arange(at, at + len(suffix_ids), device=dev)[None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            nxt = int(out.logits[0, -1].argmax())
+            ttft = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            cur = at + len(suffix_ids)
+            while nxt not in self._eos:
+                out_ids.append(nxt)
+                if len(out_ids) >= p.max_new_tokens:
+                    break
+                out = self._model(
+                    input_ids=torch.tensor([[nxt]], device=dev),
+                    position_ids=torch.tensor([[cur]], device=dev),
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cur += 1
+                nxt = int(out.logits[0, -1].argmax())
+        return out_ids, ttft, time.perf_counter() - t1, kv_len
+
+    def decode_logits(self, doc: PagedDoc, selected: list[int], suffix_ids: list[int]) -> Any:
+        """Float32 logits ``[T, vocab]`` of ``suffix_ids`` read after sink + ``selected`` pages."""
+        import torch
+        dev = self._device
+
+        cache, at, _ = self._assemble(doc, selected)
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=torch.tensor([suffix_ids], device=dev),
+                position_ids=torch.arange(at, at + len(suffix_ids), device=dev)[None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+        return out.logits[0].float()
+
+    # ------------------------------------------------------------------- call
+    def _input_text(self, state: QAState) -> str:
+        store = self._store
+        if store is None:
+            raise RuntimeError("reader.retrolm needs the indexed corpus, but no index is open")
+        ids = state.question.doc_ids
+        if ids is None:
+            if len(store.documents) != 1:
+                raise ValueError(
+                    f"question {state.question.id!r} has no doc_ids and the corpus has {len(store.documents)} "
+                    "documents; reader.retrolm reads the question's scoped documents"
+                )
+            ids = list(store.documents)
+        missing = [d for d in ids if d not in store.documents]
+        if missing:
+            raise KeyError(f"question {state.question.id!r}: documents {missing} are not in the index")
+        return "\n\n".join(store.documents[d].text for d in ids)
+
+    def read(self, text: str) -> PagedDoc:
+        """Page KV of ``text`` (prefilled now or reused); for tests and tools."""
+        return self._paged(text, self._prefix_ids(), {})[0]
+
+    def __call__(self, batch: list[QAState]) -> list[QAState]:
+        """Answer each question from its scoped documents' page KV; sets answer and trace."""
+        if self._model is None:
+            raise RuntimeError("reader.retrolm: call setup(ctx) before answering")
+        p = self.params
+        batch_memory: dict[str, dict[str, Any]] = {}  # questions of one batch on one document share a prefill
+        with timed(batch, self.key):
+            for state in batch:
+                t0 = time.perf_counter()
+                text = self._input_text(state)
+                prefix_text, suffix_text = self._render(state.question.question)
+                prefix_ids = self._prefix_ids()
+                suffix_ids = list(self._tok(suffix_text, add_special_tokens=False)["input_ids"])
+                doc, prefilled = self._paged(text, prefix_ids, batch_memory)
+                bounds = doc.tensor("bounds")
+                lengths = [int(b1 - b0) for b0, b1 in bounds.tolist()]
+                left = p.budget_tokens - p.sink_tokens
+                scores = self.score_pages(doc, suffix_ids) if sum(lengths) > left else None
+                selected = self.select_pages(lengths, scores)
+                if p.positions == "original" and doc.sink_len + sum(lengths) + len(suffix_ids) + p.max_new_tokens > self._max_pos:
+                    raise ValueError(
+                        f"question {state.question.id!r}: input of {doc.sink_len + sum(lengths)} tokens does not fit "
+                        f"{p.model!r}'s {self._max_pos} positions with positions='original'; use positions: compact"
+                    )
+                t_sel = time.perf_counter() - t0
+                out_ids, ttft, decode_s, kv_len = self._decode(doc, selected, suffix_ids)
+                state.answer = self._tok.decode(out_ids, skip_special_tokens=True).strip()
+                reader_tokens = kv_len + len(suffix_ids)
+                spans = doc.tensor("spans")
+                tr = state.trace
+                tr["reader_tokens"] = reader_tokens
+                tr["ttft_s"] = t_sel + ttft
+                tr["new_tokens"] = len(out_ids)
+                tr["decode_s"] = decode_s
+                tr["pages_total"] = doc.n_pages
+                tr["pages_selected"] = len(selected)
+                tr["prefill_reused"] = prefilled == 0
+                tr["retrolm_pages"] = selected
+                tr["retrolm_spans"] = [spans[i].tolist() for i in selected]
+                calls = tr.setdefault("llm_calls", {})
+                calls[self.key] = calls.get(self.key, 0) + 1
+                toks = tr.setdefault("llm_tokens", {})
+                toks[self.key] = toks.get(self.key, 0) + reader_tokens + len(out_ids) + prefilled
+        return batch
