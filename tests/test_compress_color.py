@@ -1,0 +1,261 @@
+"""compressor.color: prompt, output cleaning, budgets, fallbacks, adapters — on the tiny LM and a scripted LM."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from longread import registry
+from longread.compressors.color import (
+    COLOR_PROMPT,
+    ColorCompressor,
+    check_adapter_base,
+    clean_summary,
+    color_messages,
+    count_tokens,
+    summarize,
+)
+from longread.config import ConfigError, parse_config
+from longread.stage import RunContext
+from longread.types import Chunk, Passage, QAState, Question
+
+LONG = (
+    "The capital of Freedonia is Zorbatown. It was founded in 1742 by traders who crossed the river. "
+    "Paris is the capital of France; Berlin is the capital of Germany, and Rome is the capital of Italy. "
+    "Water boils at 100 degrees Celsius at sea level."
+)
+
+
+def _state(texts: list[str], qid: str = "q1") -> QAState:
+    passages = [
+        Passage(chunk=Chunk(id=f"{qid}-c{i}", doc_id=f"d{i}", text=t, start=10 * i, end=10 * i + len(t)),
+                score=1.0 - i / 10, scores={"retriever.bm25": 1.0 - i / 10})
+        for i, t in enumerate(texts)
+    ]
+    return QAState(question=Question(id=qid, question="When was Zorbatown founded?"), passages=passages)
+
+
+class ScriptedLM(torch.nn.Module):
+    """A fake causal LM whose ``generate`` appends a scripted reply per prompt (by a marker in it).
+
+    It exists to test what the compressor does with known outputs; the tiny random LM's outputs
+    are byte garbage.
+    """
+
+    def __init__(self, tokenizer, replies: dict[str, str], default: str = "") -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.tok = tokenizer
+        self.replies = replies
+        self.default = default
+        self.calls = 0
+        self.generation_config = None
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+        self.calls += 1
+        rows = []
+        for ids in input_ids.tolist():
+            prompt = self.tok.decode(ids, skip_special_tokens=False)
+            reply = next((r for k, r in self.replies.items() if k in prompt), self.default)
+            new = self.tok(reply, add_special_tokens=False)["input_ids"] + [self.tok.convert_tokens_to_ids("<|im_end|>")]
+            rows.append(ids + new[:max_new_tokens])
+        width = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+
+
+class FakeHub:
+    """Serves one (model, tokenizer) pair for any name; resolves names to a given dir."""
+
+    def __init__(self, model, tokenizer, path: Path | None = None) -> None:
+        self.model, self.tok, self.path = model, tokenizer, path
+
+    def causal_lm(self, name):
+        return self.model, self.tok
+
+    def resolve(self, name):
+        if self.path is None:
+            raise FileNotFoundError(name)
+        return self.path
+
+
+@pytest.fixture()
+def tiny_tok(hub, tiny_lm_dir):
+    return hub.tokenizer(str(tiny_lm_dir))
+
+
+def test_prompt_is_colors_query_agnostic_summarise_prompt():
+    msgs = color_messages("ABC passage")
+    assert msgs == [{"role": "user", "content": "Summarize the following content. \nContent:\nABC passage\n Summary:"}]
+    assert "{passage}" in COLOR_PROMPT
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("  Summary: Zorbatown was founded in 1742.  ", "Zorbatown was founded in 1742."),
+        ("**Summary:** Founded 1742.", "Founded 1742."),
+        ("", None),
+        ("   \n ", None),
+        ("!!! ... ???", None),
+        ("orb\ufffdrow Sand", None),  # broken bytes
+        ("abc\x1cdef", None),  # control character
+        ("the the the the the the the the the", None),  # degenerate loop
+        (LONG + " and more", None),  # not shorter than the original
+    ],
+)
+def test_clean_summary(raw, expected):
+    assert clean_summary(raw, LONG) == expected
+
+
+def test_tiny_lm_keeps_ids_offsets_and_counts_calls(hub, tiny_lm_dir):
+    st = _state([LONG, "short one", LONG[:150]])
+    stage = ColorCompressor({"model": str(tiny_lm_dir), "max_new_tokens": 12, "min_chars": 50, "batch_size": 2})
+    stage.setup(RunContext(models=hub))
+    out = stage([st, _state([LONG], qid="q2")])
+    assert len(out) == 2
+    o = out[0]
+    assert [p.chunk.id for p in o.passages] == [p.chunk.id for p in st.passages]
+    for a, b in zip(o.passages, st.passages):
+        assert (a.chunk.doc_id, a.chunk.start, a.chunk.end, a.score, a.scores) == (
+            b.chunk.doc_id, b.chunk.start, b.chunk.end, b.score, b.scores)
+    assert o.passages[1].chunk.text == "short one"  # below min_chars: untouched
+    rec = o.trace["compression"]["compressor.color"]
+    assert rec["skipped"] == 1 and rec["compressed"] + rec["fallbacks"] == 2
+    assert rec["original_chars"] == {p.chunk.id: len(p.chunk.text) for p in st.passages}
+    assert rec["tokens_in"] == sum(count_tokens(stage.tokenizer, p.chunk.text) for p in st.passages)
+    assert rec["tokens_out"] == sum(count_tokens(stage.tokenizer, p.chunk.text) for p in o.passages)
+    assert o.trace["llm_calls"]["compressor.color"] == 2
+    assert o.trace["llm_tokens"]["compressor.color"] > 0
+    assert "compressor.color" in o.trace["timings"]
+    assert st.passages[0].chunk.text == LONG  # the input state is not mutated
+    # The random tiny LM writes byte soup: every compressed passage fell back to its original.
+    for a, b in zip(o.passages, st.passages):
+        assert a.chunk.text in (b.chunk.text,) or count_tokens(stage.tokenizer, a.chunk.text) <= 12
+
+
+def test_summarize_respects_per_passage_budgets_on_tiny_lm(hub, tiny_lm_dir):
+    model, tok = hub.causal_lm(str(tiny_lm_dir))
+    sums = summarize(model, tok, [LONG, LONG[:80], LONG[:120]], max_new_tokens=[7, 3, 1], batch_size=3)
+    assert [s.new_tokens <= b for s, b in zip(sums, [7, 3, 1])] == [True, True, True]
+    assert all(s.prompt_tokens > count_tokens(tok, "Summarize the following content.") for s in sums)
+    # Batched and one-by-one greedy decoding agree (left padding is handled).
+    single = [summarize(model, tok, [t], max_new_tokens=b)[0] for t, b in zip([LONG, LONG[:80]], [7, 3])]
+    assert [s.text for s in single] == [s.text for s in sums[:2]]
+
+
+def test_scripted_outputs_fallbacks_and_budget(tiny_tok):
+    good = "Zorbatown was founded in 1742 by traders."
+    lm = ScriptedLM(tiny_tok, {"Freedonia": "Summary: " + good, "Berlin": "", "Water": "\ufffd\ufffd garbage \x1c"})
+    texts = [LONG, "Paris is the capital of France; Berlin is the capital of Germany, and Rome of Italy.",
+             "Water boils at 100 degrees Celsius (212 degrees Fahrenheit) at sea level. Ice melts at 0 degrees."]
+    for fallback in ("original", "empty"):
+        stage = ColorCompressor({"model": "any", "min_chars": 0, "fallback": fallback, "max_new_tokens": 64})
+        stage.setup(RunContext(models=FakeHub(lm, tiny_tok)))
+        out = stage([_state(texts)])[0]
+        assert out.passages[0].chunk.text == good
+        want = texts[1:] if fallback == "original" else ["", ""]
+        assert [p.chunk.text for p in out.passages[1:]] == want
+        rec = out.trace["compression"]["compressor.color"]
+        assert (rec["compressed"], rec["fallbacks"]) == (1, 2)
+
+    # A ratio budget cuts the good summary to ceil(ratio * tokens_in) tokens.
+    stage = ColorCompressor({"model": "any", "min_chars": 0, "ratio": 0.1, "max_new_tokens": 64})
+    stage.setup(RunContext(models=FakeHub(lm, tiny_tok)))
+    out = stage([_state([LONG])])[0]
+    budget = math.ceil(0.1 * count_tokens(tiny_tok, LONG))
+    assert out.trace["compression"]["compressor.color"]["budgets"] == {"q1-c0": budget}
+    text = out.passages[0].chunk.text
+    assert text and count_tokens(tiny_tok, text) <= budget < count_tokens(tiny_tok, good)
+    assert out.trace["compression"]["compressor.color"]["ratio"] < 0.15
+
+
+def test_empty_batch_and_no_passages(tiny_tok):
+    lm = ScriptedLM(tiny_tok, {}, default="x")
+    stage = ColorCompressor({"model": "any"})
+    stage.setup(RunContext(models=FakeHub(lm, tiny_tok)))
+    assert stage([]) == []
+    out = stage([_state([])])[0]
+    assert out.passages == [] and lm.calls == 0
+    assert out.trace["compression"]["compressor.color"]["ratio"] == 1.0
+
+
+def test_call_before_setup_raises():
+    with pytest.raises(RuntimeError, match="setup"):
+        ColorCompressor()([_state([LONG])])
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be > 0, got 0"),
+        ({"batch_size": -1}, "batch_size must be > 0, got -1"),
+        ({"min_chars": -5}, "min_chars must be >= 0, got -5"),
+        ({"ratio": 0.0}, r"ratio must be in \(0, 1\], got 0.0"),
+        ({"ratio": 1.5}, r"ratio must be in \(0, 1\], got 1.5"),
+        ({"fallback": "drop"}, "original"),
+        ({"adapter": ""}, "adapter"),
+        ({"temperature": 0.3}, "temperature"),
+    ],
+)
+def test_bad_params(params, match):
+    with pytest.raises(ValueError, match=match):
+        ColorCompressor(params)
+
+
+def test_registered_and_usable_from_config():
+    assert registry.get("compressor.color") is ColorCompressor
+    cfg = {"name": "c", "stages": [{"key": "compressor.color", "params": {"max_new_tokens": -1}}]}
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        parse_config(cfg)
+
+
+def _adapter_dir(path: Path, base: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA"}))
+    return path
+
+
+def test_adapter_checks(tmp_path, tiny_tok):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_adapter_base(tmp_path / "nope", "qwen2.5-0.5b-instruct")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        check_adapter_base(tmp_path / "empty", "qwen2.5-0.5b-instruct")
+    phi = _adapter_dir(tmp_path / "phi", "microsoft/Phi-3-mini-4k-instruct")
+    with pytest.raises(ValueError, match="Phi-3-mini-4k-instruct.*qwen2.5-0.5b-instruct"):
+        check_adapter_base(phi, "qwen2.5-0.5b-instruct")
+    assert check_adapter_base(phi, "/models/phi-3-mini-4k-instruct/")["peft_type"] == "LORA"
+    ok = _adapter_dir(tmp_path / "ok", "smollm2-135m-instruct")
+    check_adapter_base(ok, "smollm2-135m-instruct")
+    # Through the stage: a missing adapter dir fails in setup with the path in the message.
+    stage = ColorCompressor({"model": "qwen2.5-0.5b-instruct", "adapter": str(tmp_path / "missing")})
+    with pytest.raises(FileNotFoundError, match="missing"):
+        stage.setup(RunContext(models=FakeHub(ScriptedLM(tiny_tok, {}), tiny_tok)))
+    stage = ColorCompressor({"model": "qwen2.5-0.5b-instruct", "adapter": str(phi)})
+    with pytest.raises(ValueError, match="trained on base model"):
+        stage.setup(RunContext(models=FakeHub(ScriptedLM(tiny_tok, {}), tiny_tok)))
+
+
+def test_lora_adapter_loads_on_a_private_copy(hub, tiny_lm_dir, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), dtype=torch.float32)
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.peft_config["default"].base_model_name_or_path = str(tiny_lm_dir)
+    lora.save_pretrained(str(tmp_path / "ad"))
+    shared, tok = hub.causal_lm(str(tiny_lm_dir))
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    stage = ColorCompressor({"model": str(tiny_lm_dir), "adapter": str(tmp_path / "ad"), "min_chars": 0})
+    stage.setup(RunContext(models=hub))
+    assert stage.model is not shared
+    after = shared.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the hub's cached model is untouched
+    merged = stage.model.state_dict()
+    assert any(not torch.equal(before[k], merged[k]) for k in before if k in merged)  # the adapter changed weights
+    assert stage([_state([LONG])])[0].passages[0].chunk.id == "q1-c0"
