@@ -77,7 +77,7 @@ def test_index_then_answer_finds_the_right_documents(tmp_path: Path) -> None:
 def test_scoped_question_only_sees_its_documents(tmp_path: Path) -> None:
     pipe = Pipeline.from_config(config())
     pipe.index(corpus(), tmp_path / "idx", show_progress=False)
-    q = Question(id="scoped", question="What is the capital of France?", answers=["Paris"], doc_ids=["nile", "moon"])
+    q = Question(id="scoped", question="Paris: what river or Moon landing?", answers=["Paris"], doc_ids=["nile", "moon"])
     (s,) = pipe.answer([q], index_dir=tmp_path / "idx")
     assert s.passages and {p.chunk.doc_id for p in s.passages} <= {"nile", "moon"}
 
@@ -218,7 +218,7 @@ def test_cli_reports_bad_input_with_file_and_line(tmp_path: Path) -> None:
     assert "line 2" in res.stderr and "'a'" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "idx").exists()
     res = _cli("index", "--config", str(tmp_path / "missing.yaml"), "--corpus", str(corpus_path), "--out", str(tmp_path / "idx"))
-    assert res.returncode == 2 and "does not exist" in res.stderr
+    assert res.returncode == 2 and "not found" in res.stderr
 
 
 def test_cli_scoped_question_to_missing_doc_is_named(tmp_path: Path) -> None:
