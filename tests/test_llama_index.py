@@ -13,9 +13,9 @@ from longread.integrations.llama_index import LongreadPostprocessor, LongreadRet
 from longread.pipelines.pipeline import Pipeline
 
 TEXTS = {
-    "paris": "Paris is the capital of France and home of the Eiffel Tower.",
+    "paris": "Paris is the capital of France, on the river Seine.",
     "nile": "The Nile is the longest river in Africa.",
-    "moon": "Apollo 11 landed on the Moon in July 1969.",
+    "moon": "Apollo 11 landed on the Moon in July 1969, far from any river.",
 }
 
 
@@ -49,8 +49,9 @@ def test_reorder_stage_as_a_node_postprocessor(tmp_path: Path) -> None:
     ctx = pipe.context(idx)
     retriever = LongreadRetriever(pipe.stages[0], ctx)
     post = LongreadPostprocessor(pipe.stages[1], ctx)
-    q = "When did Apollo 11 land on the Moon?"
+    q = "Which river did Apollo 11 see from the Moon?"
     nodes = retriever.retrieve(q)
+    assert len(nodes) == 2
     out = post.postprocess_nodes(nodes, QueryBundle(q))
     assert [n.node.node_id for n in out] == [n.node.node_id for n in reversed(nodes)]
 
