@@ -93,8 +93,9 @@ def listwise_messages(
     if len(ids) != n:
         raise ValueError(f"got {len(ids)} ids for {n} passages")
     query = escape_ids(query).strip()
+    kind = "numerical " if all(i.isdigit() for i in ids) else ""
     lines = [
-        f"I will provide you with {n} passages, each indicated by a numerical identifier []. "
+        f"I will provide you with {n} passages, each indicated by a {kind}identifier []. "
         f"Rank the passages based on their relevance to the search query: {query}.\n"
     ]
     for i, t in zip(ids, texts):
@@ -537,19 +538,33 @@ def single_token_ids(tokenizer: Any, ids: Sequence[str]) -> list[int]:
 
 
 def last_token_logits(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> "torch.Tensor":
-    """Next-token logits after each prompt (float32, shape (len(prompts), vocab)), left-padded batches."""
+    """Next-token logits after each prompt (float32, shape (len(prompts), vocab)).
+
+    Prompts are tokenized without special tokens, sorted by length and left-padded by hand
+    (so the tokenizer's own padding side does not matter), with position ids counting real
+    tokens only, as ``generate`` does.
+    """
     import torch
 
-    rows = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        mask = enc["attention_mask"]
-        # Left padding: positions must count real tokens only, as generate() does.
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            out = model(input_ids=enc["input_ids"].to(model.device), attention_mask=mask.to(model.device), position_ids=pos.to(model.device))
-        rows.append(out.logits[:, -1, :].float().cpu())
-    return torch.cat(rows) if rows else torch.zeros((0, 0))
+    if not prompts:
+        return torch.zeros((0, 0))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    rows: list[Any] = [None] * len(enc)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            t = max(len(enc[i]) for i in idx)
+            ids = torch.tensor([[pad_id] * (t - len(enc[i])) + enc[i] for i in idx])
+            mask = torch.tensor([[0] * (t - len(enc[i])) + [1] * len(enc[i]) for i in idx])
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device))
+            last = out.logits[:, -1, :].float().cpu()
+            for j, i in enumerate(idx):
+                rows[i] = last[j]
+    return torch.stack(rows)
 
 
 def _prompt_tokens(tokenizer: Any, prompts: list[str]) -> list[int]:
@@ -625,15 +640,18 @@ class PointwiseReranker(_LLMStage):
 
     key: ClassVar[str] = "reranker.pointwise"
 
+    class Params(_RerankParams):
+        """``batch_size`` counts (question, passage) prompts per forward pass."""
+
+        batch_size: int = 8
+
     def setup(self, ctx: RunContext) -> None:
-        """Load the model and find the single tokens for "Yes" and "No" (``ValueError`` if not single)."""
+        """Load the model and find the first tokens of "Yes" and "No" (``ValueError`` if they coincide)."""
         super().setup(ctx)
-        toks = []
-        for word in ("Yes", "No"):
-            t = self.tokenizer.encode(word, add_special_tokens=False)
-            if len(t) != 1:
-                raise ValueError(f"{word!r} is not a single token for this tokenizer (tokens {t}); pointwise needs it")
-            toks.append(t[0])
+        # Real chat models have one token each; for others the first token still tells them apart.
+        toks = [self.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No")]
+        if toks[0] == toks[1]:
+            raise ValueError(f"'Yes' and 'No' start with the same token {toks[0]} for this tokenizer")
         self.yes_no = toks
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
