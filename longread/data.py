@@ -63,7 +63,7 @@ def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 hint = " (truncated line?)" if e.pos >= len(line.rstrip()) else ""
-                raise DataError(f"{path}, line {lineno}: invalid JSON{hint}: {e.msg} at column {e.colno}") from None
+                raise DataError(f"{path}, line {lineno}: invalid JSON{hint}: {e.msg} (column {e.colno})") from None
             except RecursionError:
                 raise DataError(f"{path}, line {lineno}: JSON nested too deeply") from None
             if not isinstance(obj, dict):
@@ -182,7 +182,7 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
     lines = []
     for r in records:
         if hasattr(r, "model_dump_json"):
-            lines.append(r.model_dump_json(exclude_none=True) + "\n")
+            lines.append(r.model_dump_json(exclude_defaults=True) + "\n")
         else:
             lines.append(json.dumps(r, ensure_ascii=False) + "\n")
     atomic_write_text(path, "".join(lines))
@@ -230,7 +230,7 @@ def _read_json(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}, line {e.lineno}: invalid JSON: {e.msg} at column {e.colno}") from None
+        raise DataError(f"{path}, line {e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
 
 
 def load_squad(

@@ -161,3 +161,9 @@ def test_read_predictions_names_file_and_line(tmp_path):
         read_predictions(path)
     path.write_text(good + "\n", encoding="utf-8")
     assert [p.id for p in read_predictions(path)] == ["q1"]
+
+
+def test_error_does_not_invent_answer_recall():
+    """A run that never measured answer recall keeps it null even when a question errored."""
+    m = evaluate([P("q1", "Paris"), P("q2", None, error="boom")], [Q("q1"), Q("q2")])
+    assert m["answer_recall"] is None and m["n_errors"] == 1 and m["f1"] == pytest.approx(0.5)

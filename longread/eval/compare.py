@@ -193,10 +193,15 @@ def bootstrap_table(
             continue
         res = paired_bootstrap(xs, ys, n_resamples=n_resamples, seed=seed)
         out.append(
-            f"| {md_cell(name, 60)} | {res.diff:+.3f} | [{res.low:+.3f}, {res.high:+.3f}] | {res.p_value:.3f} | "
+            f"| {md_cell(name, 60)} | {res.diff:+.3f} | [{res.low:+.3f}, {res.high:+.3f}] | {_p(res.p_value, n_resamples)} | "
             f"{res.n} | {'yes' if res.significant else 'no'} |"
         )
     return "\n".join(out)
+
+
+def _p(p: float, n_resamples: int) -> str:
+    # A bootstrap p of 0 only means "below the resolution of n_resamples".
+    return f"<{1 / n_resamples:.0e}" if p == 0 else f"{p:.3f}"
 
 
 def compare(

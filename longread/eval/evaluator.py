@@ -153,6 +153,8 @@ def score_predictions(
     # A run where no question got an answer had no reader (retrieval only): EM/F1 are null.
     # Once any answer exists, a missing answer scores 0 like an error.
     reader_ran = any(p.answer is not None for _, p in pairs)
+    # Likewise answer recall: an error counts as "not found" only in a run that measures it.
+    recall_measured = chunk_texts is not None or any(p.trace.get("answer_in_passages") is not None for _, p in pairs)
     rows = []
     for q, p in pairs:
         failed = p.error is not None
@@ -180,7 +182,7 @@ def score_predictions(
             if missing_text:
                 raise EvalError(f"prediction {p.id!r}: chunk_texts lacks passage ids {missing_text[:5]!r}")
             air = answer_in_texts(q.answers, [chunk_texts[c] for c in p.passage_ids])
-        if failed and q.answers:
+        if failed and q.answers and recall_measured:
             air = False
         row["answer_in_passages"] = None if not q.answers else air
         # Retrieval metrics against gold_ids.

@@ -98,7 +98,7 @@ def render_report(
     if run_dir is not None:
         out += [f"Run dir: `{run_dir}`", ""]
     n, n_err = metrics.get("n"), metrics.get("n_errors")
-    out += [f"{fmt(n)} questions, {fmt(n_err)} errors, metric style `{metrics.get('metric_style', 'squad')}`.", ""]
+    out += [f"Questions: {fmt(n)}, errors: {fmt(n_err)}, metric style `{metrics.get('metric_style', 'squad')}`.", ""]
 
     out += ["## Quality", "", "| metric | value |", "|---|---:|"]
     quality = ["em", "f1", "answer_recall"]
