@@ -2,11 +2,12 @@
 
 - ``reader.echo``: answers with the first words of the best passage. It can be told to fail on
   questions containing a marker (to exercise error isolation) or to sleep per question (to have
-  time to kill a run mid-way).
+  time to kill a run mid-way), or to kill its own worker once (to exercise Ray's retries).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from pydantic import Field
@@ -24,6 +25,10 @@ class EchoParams(Params):
     words: int = Field(default=3, gt=0, description="how many words of the best passage to answer with")
     fail_on: str | None = Field(default=None, description="raise ValueError for questions containing this text")
     sleep_s: float = Field(default=0.0, ge=0, le=60, description="seconds to sleep per question")
+    crash_once_file: str | None = Field(
+        default=None,
+        description="if this file does not exist yet: create it and kill the worker process (tests worker death)",
+    )
 
 
 @register
@@ -35,6 +40,9 @@ class EchoReader(Stage):
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         p: EchoParams = self.params  # type: ignore[assignment]
+        if p.crash_once_file is not None and not os.path.exists(p.crash_once_file):
+            open(p.crash_once_file, "w").close()
+            os._exit(17)  # a worker dying mid-batch, as an OOM kill would
         with timed(batch, self.key):
             for s in batch:
                 if p.fail_on is not None and p.fail_on in s.question.question:

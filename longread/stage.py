@@ -72,6 +72,9 @@ class Stage:
 
     key: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = Params
+    #: True when ``setup`` loads nothing (no model, no index): Ray runs such stages as plain
+    #: tasks instead of a pool of long-lived actors.
+    stateless: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel | None = None) -> None:
         # Cheap by contract: validate params, load nothing.

@@ -239,3 +239,16 @@ def test_ray_executor_gives_the_same_answers_as_local(tmp_path: Path) -> None:
     assert [(s.answer, [p.chunk.id for p in s.passages]) for s in on_ray] == [
         (s.answer, [p.chunk.id for p in s.passages]) for s in local
     ]
+
+
+@pytest.mark.slow
+def test_ray_run_survives_a_worker_that_dies(tmp_path: Path) -> None:
+    marker = tmp_path / "crashed"
+    pipe = Pipeline.from_config(config(crash_once_file=str(marker)))
+    pipe.index(corpus(), tmp_path / "idx", show_progress=False)
+    qs = questions(6)
+    on_ray = pipe.answer(qs, index_dir=tmp_path / "idx", executor="ray")
+    assert marker.exists()  # a worker really died mid-run
+    ref = Pipeline.from_config(config()).answer(qs, index_dir=tmp_path / "idx")
+    assert [s.answer for s in on_ray] == [s.answer for s in ref]
+    assert all("error" not in s.trace for s in on_ray)

@@ -148,6 +148,11 @@ class _RayStageActor:
         return {"state": [s.model_dump_json() for s in states]}
 
 
+def _run_stateless(batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Ray task body for a stateless stage: build it (cheap) and run one batch."""
+    return _RayStageActor(**kwargs)(batch)
+
+
 class RayExecutor:
     """Runs the stages as a ``ray.data`` pipeline: one actor pool per stage, sized from its resources.
 
@@ -195,26 +200,36 @@ class RayExecutor:
         dctx.execution_options.preserve_order = True
         dctx.enable_progress_bars = False
         ds = ray.data.from_items([{"state": s.model_dump_json()} for s in states], override_num_blocks=max(1, min(len(states), 64)))
+        from .. import registry
+
         for spec in self.specs:
             r = spec.resources
+            kwargs = {
+                "key": spec.key,
+                "params": spec.params,
+                "index_dir": str(self.index_dir) if self.index_dir else None,
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                "seed": self.seed,
+                "device": self.device,
+                "fail_fast": self.fail_fast,
+            }
+            if registry.get(spec.key).stateless:
+                # Nothing to load: plain tasks, retried by Ray if their worker dies.
+                ds = ds.map_batches(
+                    _run_stateless, fn_kwargs=kwargs, batch_size=r.batch_size, num_cpus=r.num_cpus, batch_format="numpy", max_retries=3
+                )
+                continue
             ds = ds.map_batches(
                 _RayStageActor,
-                fn_constructor_kwargs={
-                    "key": spec.key,
-                    "params": spec.params,
-                    "index_dir": str(self.index_dir) if self.index_dir else None,
-                    "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                    "seed": self.seed,
-                    "device": self.device,
-                    "fail_fast": self.fail_fast,
-                },
+                fn_constructor_kwargs=kwargs,
                 batch_size=r.batch_size,
                 num_cpus=r.num_cpus,
                 num_gpus=r.num_gpus or None,
                 concurrency=r.concurrency,
                 batch_format="numpy",
-                max_restarts=2,
-                max_task_retries=2,
+                # A dead actor is restarted and its batch retried (Ray's fault tolerance).
+                max_restarts=3,
+                max_task_retries=3,
             )
         for row in ds.iter_rows():
             yield QAState.model_validate_json(str(row["state"]))

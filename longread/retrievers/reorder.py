@@ -60,6 +60,7 @@ class HardNegativeReorder(Stage):
     """
 
     key: ClassVar[str] = "reorder.hard_negative"
+    stateless: ClassVar[bool] = True
 
     class Params(Params):
         """``mode``: hard_negative | reverse | identity; ``top_k``: keep the best k first (None: all)."""
