@@ -132,8 +132,19 @@ class LocalExecutor:
 class _RayStageActor:
     """Ray actor (or task body) that owns one stage: built and set up once per worker."""
 
-    def __init__(self, key: str, params: dict, index_dir: str | None, cache_dir: str | None, seed: int, device: str, fail_fast: bool):
+    def __init__(
+        self, key: str, params: dict, index_dir: str | None, cache_dir: str | None, seed: int, device: str, fail_fast: bool,
+        num_cpus: float = 1.0,
+    ):
         from .. import registry
+
+        try:
+            import torch
+
+            # One intra-op thread pool per CPU granted to this worker: actors must not oversubscribe cores.
+            torch.set_num_threads(max(1, int(num_cpus)))
+        except ImportError:  # pragma: no cover
+            pass
 
         cls = registry.get(key)
         self.stage = cls(cls.Params.model_validate(params))
@@ -212,6 +223,7 @@ class RayExecutor:
                 "seed": self.seed,
                 "device": self.device,
                 "fail_fast": self.fail_fast,
+                "num_cpus": r.num_cpus,
             }
             if registry.get(spec.key).stateless:
                 # Nothing to load: plain tasks, retried by Ray if their worker dies.
