@@ -238,13 +238,6 @@ class RetroLMReader(Stage):
         self._dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         self._model_sig = _sha([self.params.model, model.config.to_json_string(use_diff=False)])[:16]
         self._eos = self._eos_ids()
-        p = self.params
-        window = self._prefix_len_estimate() + p.sink_tokens + (p.local_pages + 1) * p.page_size
-        if window > self._max_pos:
-            raise ValueError(
-                f"prefill window (prefix + sink_tokens + (local_pages + 1) * page_size = {window}) exceeds the "
-                f"model's {self._max_pos} positions; lower local_pages or page_size"
-            )
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -279,9 +272,6 @@ class RetroLMReader(Stage):
         # Chat templates carry their own BOS; plain text gets the tokenizer's default specials.
         plain = not getattr(self._tok, "chat_template", None)
         return list(self._tok(prefix, add_special_tokens=plain)["input_ids"])
-
-    def _prefix_len_estimate(self) -> int:
-        return len(self._prefix_ids())
 
     def _doc_ids(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         enc = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -327,6 +317,13 @@ class RetroLMReader(Stage):
         sink_ids = prefix_ids + doc_ids[:n_sink_doc]
         rest = doc_ids[n_sink_doc:]
         S = len(sink_ids)
+        n_pages = -(-len(rest) // ps)
+        window = S + min(max(n_pages - 1, 0), p.local_pages) * ps + min(ps, len(rest))
+        if window > self._max_pos:
+            raise ValueError(
+                f"prefill window (sink {S} + local_pages * page_size + page = {window} tokens) exceeds the "
+                f"model's {self._max_pos} positions; lower local_pages or page_size"
+            )
         body = self._model.model
         with torch.inference_mode():
             out = body(

