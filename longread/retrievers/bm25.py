@@ -197,7 +197,10 @@ class RankBM25Index:
 
     def scores(self, tokens: Sequence[str]) -> np.ndarray:
         """Okapi score of every document (float64, shape (n_docs,))."""
-        return np.asarray(self.model.get_scores(list(tokens)), dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores = np.asarray(self.model.get_scores(list(tokens)), dtype=np.float64)
+        # rank_bm25 computes 0/0 for a document with no tokens when b == 1; it matched nothing: 0.
+        return np.nan_to_num(scores, nan=0.0)
 
     def matched(self, tokens: Sequence[str]) -> np.ndarray:
         """Positions of the documents containing at least one of ``tokens`` (sorted)."""

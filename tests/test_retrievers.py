@@ -1,0 +1,312 @@
+"""Retrievers: BM25 parity with rank_bm25, persistence, scoping, dense flat/HNSW, hybrid RRF."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from longread.config import ChunkerSpec
+from longread.io import atomic_dir
+from longread.pipelines.chunking import chunk_documents
+from longread.pipelines.store import CorpusStore
+from longread.retrievers.bm25 import BM25Retriever, BM25Tokenizer, OkapiIndex, RankBM25Index, search
+from longread.retrievers.common import top_k
+from longread.retrievers.dense import DenseRetriever, build_faiss_index
+from longread.retrievers.hybrid import HybridRetriever, rrf_fuse
+from longread.stage import RunContext
+from longread.types import Document, QAState, Question
+
+TOPICS = ["river bank flood water", "bank loan interest money", "protein enzyme cell biology", "football goal match team"]
+
+
+def _docs(n: int = 12) -> list[Document]:
+    rng = random.Random(3)
+    docs = []
+    for i in range(n):
+        words = TOPICS[i % 4].split()
+        sents = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 9))) + f" doc{i}." for _ in range(6)]
+        docs.append(Document(id=f"d{i}", text=" ".join(sents)))
+    return docs
+
+
+def _build(stage, ctx: RunContext) -> None:
+    for name, builder in stage.indexes().items():
+        if not (ctx.index_dir / name).exists():
+            with atomic_dir(ctx.index_dir / name) as tmp:
+                builder(ctx, tmp)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, CorpusStore]:
+    """An index dir with a saved corpus store (the parts are built per test as needed)."""
+    docs = _docs()
+    chunks = chunk_documents(docs, ChunkerSpec(kind="tokens", size=24, overlap=4))
+    store = CorpusStore(docs, chunks)
+    index_dir = tmp_path_factory.mktemp("index")
+    store.save(index_dir / "corpus")
+    return index_dir, store
+
+
+def _fresh_ctx(hub, index_dir: Path) -> RunContext:
+    # A new process would do this: reload the store from disk, nothing shared in memory.
+    return RunContext(models=hub, index_dir=index_dir, store=CorpusStore.load(index_dir / "corpus"))
+
+
+def _ask(stage, *questions: Question) -> list[list[tuple[str, float]]]:
+    out = stage([QAState(question=q) for q in questions])
+    return [[(p.chunk.id, p.score) for p in s.passages] for s in out]
+
+
+# --- BM25 -------------------------------------------------------------------------------------
+
+
+def _zipf_corpus(n_docs: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"t{i}" for i in range(400)])
+    docs = []
+    for i in range(n_docs):
+        toks = list(vocab[np.minimum(rng.zipf(1.3, size=rng.integers(0, 60)) - 1, 399)])
+        if i % 3:
+            toks.append("majority")  # in 2/3 of docs: negative Okapi idf, floored to epsilon * mean idf
+        if i % 2:
+            toks.append("half")  # in exactly half the docs: idf == 0
+        toks.append("everywhere")
+        docs.append(toks)
+    docs[7] = []  # a chunk with no indexable term
+    return docs
+
+
+@pytest.mark.parametrize("k1,b", [(1.5, 0.75), (0.9, 0.4), (2.0, 1.0)])
+def test_bm25s_backend_reproduces_rank_bm25_okapi(k1: float, b: float) -> None:
+    docs = _zipf_corpus(400, seed=int(k1 * 10))
+    fast = OkapiIndex.build(docs, k1=k1, b=b)
+    ref = RankBM25Index.build(docs, k1=k1, b=b)
+    rng = np.random.default_rng(1)
+    vocab = sorted({t for d in docs for t in d})
+    queries = [list(rng.choice(vocab, size=rng.integers(1, 6))) for _ in range(150)]
+    queries += [["majority"], ["half", "t0"], ["everywhere", "t3", "t3"], ["unseen", "t1"], ["t2", "t2", "majority"]]
+    for q in queries:
+        s_fast, s_ref = fast.scores(q), ref.scores(q)
+        np.testing.assert_allclose(s_fast, s_ref, rtol=0, atol=1e-6)
+        # Rankings over the whole corpus (ties by position) and the retrieved lists agree exactly.
+        assert (top_k(s_fast, len(docs))[0] == top_k(s_ref, len(docs))[0]).all()
+        h_fast, h_ref = search(fast, q, 20), search(ref, q, 20)
+        assert h_fast[0].tolist() == h_ref[0].tolist()
+        np.testing.assert_allclose(h_fast[1], h_ref[1], atol=1e-6)
+    # The epsilon floor is in effect: 'majority' scores positive in rank_bm25 and here.
+    assert ref.model.idf["majority"] > 0 and fast.scores(["majority"]).max() > 0
+
+
+def test_bm25_tokenizer() -> None:
+    tok = BM25Tokenizer("english", "en")
+    assert tok("The Rivers are FLOODING, and the banks!") == ["river", "flood", "bank"]
+    assert BM25Tokenizer(None, None)("The Rivers") == ["the", "rivers"]
+    with pytest.raises(ValueError, match="unknown stemmer 'klingon'"):
+        BM25Tokenizer("klingon")
+
+
+@pytest.mark.parametrize("backend", ["bm25s", "rank_bm25"])
+def test_bm25_persistence_round_trip_and_scoping(backend: str, corpus, hub) -> None:
+    index_dir, store = corpus
+    stage = BM25Retriever({"top_k": 5, "backend": backend})
+    ctx = RunContext(models=hub, index_dir=index_dir, store=store)
+    _build(stage, ctx)
+    part = index_dir / stage.part
+    assert part.is_dir() and not list(part.glob("*.pkl"))
+    # Reference: the same index built in memory, never saved.
+    tok = stage.tokenizer()
+    mem = OkapiIndex.build(tok.many([c.text for c in store.chunks]), k1=1.5, b=0.75)
+    fresh = BM25Retriever({"top_k": 5, "backend": backend})
+    fresh.setup(_fresh_ctx(hub, index_dir))
+    q = Question(id="q", question="flooding river banks")
+    got = _ask(fresh, q)[0]
+    want_pos, want_sc = search(mem, tok(q.question), 5)
+    assert [c for c, _ in got] == [store.chunks[i].id for i in want_pos]
+    np.testing.assert_allclose([s for _, s in got], want_sc, atol=1e-9)
+    assert _ask(fresh, q) == _ask(fresh, q)  # deterministic
+    # Scoped: only the named documents, in the same order as the unscoped ranking filtered.
+    scoped = _ask(fresh, Question(id="s", question="flooding river banks", doc_ids=["d4", "d8"]))[0]
+    full = BM25Retriever({"top_k": 1000, "backend": backend})
+    full.setup(ctx)
+    everything = _ask(full, q)[0]
+    assert scoped and {c.split("#")[0] for c, _ in scoped} <= {"d4", "d8"}
+    assert scoped == [x for x in everything if x[0].split("#")[0] in {"d4", "d8"}][:5]
+    with pytest.raises(KeyError, match="'nope'"):
+        _ask(fresh, Question(id="u", question="river", doc_ids=["d1", "nope"]))
+
+
+def test_bm25_query_edge_cases(corpus, hub) -> None:
+    index_dir, store = corpus
+    stage = BM25Retriever({"top_k": 10_000})
+    ctx = RunContext(models=hub, index_dir=index_dir, store=store)
+    _build(stage, ctx)
+    stage.setup(ctx)
+    # Queries with no indexable term return no passages.
+    assert [len(h[0]) for h in stage.search(["", "   ", "?!", "the and of"])] == [0, 0, 0, 0]
+    assert _ask(stage, Question(id="p", question="?!"))[0] == []
+    # top_k beyond the corpus: every chunk containing a query term, each once.
+    hits = _ask(stage, Question(id="b", question="bank"))[0]
+    has_bank = [c.id for c in store.chunks if "bank" in c.text]
+    assert sorted(c for c, _ in hits) == sorted(has_bank)
+    passage = stage([QAState(question=Question(id="b", question="bank"))])[0].passages[0]
+    assert passage.scores == {"retriever.bm25": passage.score}
+    assert "retriever.bm25" in stage([QAState(question=Question(id="b", question="bank"))])[0].trace["timings"]
+
+
+def test_bm25_setup_needs_the_built_part(corpus, hub) -> None:
+    index_dir, store = corpus
+    stage = BM25Retriever({"k1": 0.1234})  # a part nobody built
+    with pytest.raises(FileNotFoundError, match="bm25-bm25s-"):
+        stage.setup(RunContext(models=hub, index_dir=index_dir, store=store))
+    with pytest.raises(RuntimeError, match="before setup"):
+        stage.search(["x"])
+
+
+def test_bm25_part_name_tracks_index_params() -> None:
+    base = BM25Retriever().part
+    assert BM25Retriever({"top_k": 3}).part == base  # query-time only
+    assert len({base, BM25Retriever({"k1": 1.2}).part, BM25Retriever({"stemmer": None}).part,
+                BM25Retriever({"backend": "rank_bm25"}).part}) == 4
+
+
+@pytest.mark.parametrize(
+    "cls,params,msg",
+    [
+        (BM25Retriever, {"top_k": 0}, "top_k must be > 0, got 0"),
+        (BM25Retriever, {"b": 1.5}, "b must be in [0, 1], got 1.5"),
+        (BM25Retriever, {"k1": -1}, "k1 must be >= 0, got -1"),
+        (BM25Retriever, {"backend": "lucene"}, "'bm25s' or 'rank_bm25'"),
+        (BM25Retriever, {"stemmer": "klingon"}, "unknown stemmer 'klingon'"),
+        (BM25Retriever, {"topk": 3}, "topk"),
+        (DenseRetriever, {"index": "ivf"}, "'flat' or 'hnsw'"),
+        (DenseRetriever, {"ef_search": 0}, "ef_search must be > 0, got 0"),
+        (DenseRetriever, {"faiss_threads": 0}, "faiss_threads must be > 0 or None, got 0"),
+        (HybridRetriever, {"rrf_k": -1}, "rrf_k must be >= 0, got -1"),
+        (HybridRetriever, {"candidates": 5, "top_k": 10}, "candidates must be >= top_k"),
+        (HybridRetriever, {"bm25": {"top_k": -2}}, "top_k must be > 0, got -2"),
+    ],
+)
+def test_params_validation(cls, params, msg) -> None:
+    with pytest.raises(ValidationError) as e:
+        cls(params)
+    assert msg in str(e.value)
+
+
+# --- dense ------------------------------------------------------------------------------------
+
+
+def test_hnsw_agrees_with_flat() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((600, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    q = v[:50] + 0.1 * rng.standard_normal((50, 32)).astype(np.float32)
+    flat = build_faiss_index(v, "flat")
+    hnsw = build_faiss_index(v, "hnsw", hnsw_m=16, ef_construction=100)
+    hnsw.hnsw.efSearch = 128
+    _, i_flat = flat.search(q, 10)
+    _, i_hnsw = hnsw.search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_flat, i_hnsw)])
+    assert recall >= 0.97
+    assert (i_flat[:, 0] == i_hnsw[:, 0]).mean() >= 0.98
+    with pytest.raises(ValueError, match="unknown faiss index kind 'ivf'"):
+        build_faiss_index(v, "ivf")
+
+
+@pytest.fixture(scope="module")
+def dense_setup(corpus, hub, tiny_encoder_dir):
+    index_dir, store = corpus
+    stage = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 5})
+    _build(stage, RunContext(models=hub, index_dir=index_dir, store=store))
+    return stage
+
+
+def test_dense_round_trip_scoping_and_edges(corpus, hub, tiny_encoder_dir, dense_setup) -> None:
+    index_dir, store = corpus
+    part = index_dir / dense_setup.part
+    assert part.name.startswith("dense-") and {p.name for p in part.iterdir()} == {"vectors.npy", "index.faiss", "meta.json"}
+    vectors = np.load(part / "vectors.npy", allow_pickle=False)
+    fresh = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 5})
+    fresh.setup(_fresh_ctx(hub, index_dir))
+    enc = hub.encoder(str(tiny_encoder_dir))
+    q = Question(id="q", question="protein enzyme")
+    sims = vectors @ enc.encode([q.question], kind="query")[0]
+    want = top_k(sims, 5)
+    got = _ask(fresh, q)[0]
+    assert [c for c, _ in got] == [store.chunks[i].id for i in want[0]]
+    np.testing.assert_allclose([s for _, s in got], want[1], atol=1e-5)
+    assert _ask(fresh, q) == _ask(fresh, q)
+    # Scoped: exact scores over the scoped chunks only.
+    pos = store.positions_for(["d2", "d3"])
+    got_s = _ask(fresh, Question(id="s", question=q.question, doc_ids=["d3", "d2"]))[0]
+    want_s = top_k(sims, 5, pos)
+    assert [c for c, _ in got_s] == [store.chunks[i].id for i in want_s[0]]
+    np.testing.assert_allclose([s for _, s in got_s], want_s[1], atol=1e-5)
+    with pytest.raises(KeyError, match="'missing'"):
+        _ask(fresh, Question(id="u", question="x", doc_ids=["missing"]))
+    # Empty query: nothing; top_k beyond the corpus: every chunk once.
+    assert [len(h[0]) for h in fresh.search(["", "  "])] == [0, 0]
+    big = fresh.search([q.question], k=10_000)[0]
+    assert sorted(big[0].tolist()) == list(range(len(store.chunks)))
+
+
+def test_dense_hnsw_stage_matches_flat(corpus, hub, tiny_encoder_dir, dense_setup) -> None:
+    index_dir, store = corpus
+    hnsw = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 5, "index": "hnsw", "hnsw_m": 8})
+    assert hnsw.part != dense_setup.part
+    ctx = RunContext(models=hub, index_dir=index_dir, store=store)
+    _build(hnsw, ctx)
+    hnsw.setup(ctx)
+    flat = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 5})
+    flat.setup(ctx)
+    qs = [Question(id=f"q{i}", question=t) for i, t in enumerate(TOPICS)]
+    for a, b in zip(_ask(hnsw, *qs), _ask(flat, *qs)):
+        assert [c for c, _ in a] == [c for c, _ in b]  # tiny corpus: HNSW search is exhaustive
+
+
+# --- hybrid -----------------------------------------------------------------------------------
+
+
+def test_rrf_hand_worked() -> None:
+    a = (np.array([3, 1, 2]), np.array([9.0, 8.0, 7.0]))
+    b = (np.array([1, 4]), np.array([0.9, 0.8]))
+    pos, sc = rrf_fuse([a, b], rrf_k=60, k=10)
+    # 1: 1/62 + 1/61; 3: 1/61; 4: 1/62; 2: 1/63
+    assert pos.tolist() == [1, 3, 4, 2]
+    np.testing.assert_allclose(sc, [1 / 62 + 1 / 61, 1 / 61, 1 / 62, 1 / 63])
+    # Ties: same fused score -> better best rank, then lower position.
+    pos, _ = rrf_fuse([(np.array([5, 7]), None), (np.array([6, 0]), None), (np.array([9]), None)], rrf_k=0, k=3)
+    assert pos.tolist() == [5, 6, 9]
+    assert rrf_fuse([(np.array([1, 2]), None)], rrf_k=60, k=1)[0].tolist() == [1]
+
+
+def test_hybrid_fuses_components(corpus, hub, tiny_encoder_dir, dense_setup) -> None:
+    index_dir, store = corpus
+    params = {"dense": {"encoder": str(tiny_encoder_dir)}, "top_k": 6, "candidates": 8, "rrf_k": 60}
+    stage = HybridRetriever(params)
+    parts = stage.indexes()
+    assert set(parts) == {BM25Retriever().part, dense_setup.part}
+    ctx = RunContext(models=hub, index_dir=index_dir, store=store)
+    _build(stage, ctx)
+    stage.setup(_fresh_ctx(hub, index_dir))
+    bm25 = BM25Retriever({"top_k": 8})
+    bm25.setup(ctx)
+    dense = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 8})
+    dense.setup(ctx)
+    q = Question(id="q", question="bank money flood")
+    b_hits, d_hits = bm25.search([q.question])[0], dense.search([q.question])[0]
+    want = rrf_fuse([b_hits, d_hits], 60, 6)
+    state = stage([QAState(question=q)])[0]
+    assert [p.chunk.id for p in state.passages] == [store.chunks[i].id for i in want[0]]
+    b_sc = dict(zip(b_hits[0].tolist(), b_hits[1].tolist()))
+    d_sc = dict(zip(d_hits[0].tolist(), d_hits[1].tolist()))
+    for p in state.passages:
+        i = store.chunk_pos[p.chunk.id]
+        assert p.scores["retriever.hybrid"] == p.score
+        assert p.scores.get("retriever.bm25") == b_sc.get(i)
+        assert p.scores.get("retriever.dense") == pytest.approx(d_sc.get(i))
+    scoped = stage([QAState(question=Question(id="s", question=q.question, doc_ids=["d1"]))])[0]
+    assert scoped.passages and all(p.chunk.doc_id == "d1" for p in scoped.passages)
