@@ -115,15 +115,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .eval.compare import compare
-    from .io import atomic_write_text
 
-    text = compare([Path(d) for d in args.run_dirs])
-    print(text)
+    run_dirs = [Path(d) for d in args.run_dirs]
+    if args.configs:
+        from .data import check_question_scopes, load_corpus, load_questions
+        from .pipelines.pipeline import Pipeline, resolve_config_path
+        from .pipelines.runner import run
+
+        if not (args.corpus and args.questions and args.out):
+            raise ValueError("--configs needs --corpus, --questions and --out")
+        docs = load_corpus(args.corpus)
+        questions = load_questions(args.questions)
+        check_question_scopes(questions, {d.id for d in docs})
+        for c in args.configs:
+            pipe = Pipeline.from_yaml(resolve_config_path(c))
+            rd = Path(args.out) / pipe.config.name
+            res = run(pipe, docs, questions, rd, index_dir=Path(args.out) / f"index-{pipe.config.name}", limit=args.limit,
+                      resume=True, inputs={"corpus": str(Path(args.corpus).resolve()), "questions": str(Path(args.questions).resolve())})
+            _print_metrics(res.metrics, rd)
+            run_dirs.append(rd)
+    if not run_dirs:
+        raise ValueError("give run dirs, or --configs with --corpus/--questions/--out")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "compare.md", text)
-        print(f"wrote {out / 'compare.md'}")
+        from .eval.compare_html import write_compare_html
+
+        page = write_compare_html(run_dirs, args.out)
+        print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
+        print(f"wrote {Path(args.out) / 'compare.md'} and {page}")
+    else:
+        print(compare(run_dirs))
     return 0
 
 
@@ -231,8 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="side-by-side table of several run dirs")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", default=None, help="dir to write compare.md into")
+    p.add_argument("run_dirs", nargs="*")
+    p.add_argument("--out", default=None, help="dir to write compare.md and compare.html into")
+    p.add_argument("--configs", nargs="+", default=None, help="run these configs first (into --out/NAME), then compare")
+    p.add_argument("--corpus", default=None)
+    p.add_argument("--questions", default=None)
+    p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="answer the shipped SQuAD demo questions and print EM/F1 and timings")

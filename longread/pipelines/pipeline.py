@@ -230,6 +230,8 @@ class Pipeline:
         from ..eval.metrics import answer_in_texts
 
         state.trace["passage_doc_ids"] = [p.chunk.doc_id for p in state.passages]
+        if state.question.doc_ids is not None:
+            state.trace["scope_doc_ids"] = list(state.question.doc_ids)
         if state.question.answers and state.passages:
             state.trace["answer_in_passages"] = bool(answer_in_texts(state.question.answers, [p.chunk.text for p in state.passages]))
         else:
