@@ -132,26 +132,36 @@ def _bm25_tokens(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
 
 
+def _bm25_scores(query: list[str], docs: list[list[str]], k1: float = 1.5, b: float = 0.75) -> list[float]:
+    # Okapi BM25 with Lucene's always-positive idf: rank_bm25's Okapi idf is 0 for a term in half
+    # of a two-document corpus, which makes tiny candidate sets unrankable.
+    n = len(docs)
+    avg = sum(len(d) for d in docs) / n or 1.0
+    df = Counter(t for d in docs for t in set(d))
+    out = []
+    for d in docs:
+        tf = Counter(d)
+        s = 0.0
+        for t in query:
+            if tf[t]:
+                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+                s += idf * tf[t] * (k1 + 1) / (tf[t] + k1 * (1 - b + b * len(d) / avg))
+        out.append(s)
+    return out
+
+
 def bm25_first(query: str, passage: str, distractors: Sequence[str]) -> bool:
-    """True when BM25 (Okapi) ranks ``passage`` strictly above every distractor for ``query``.
+    """True when BM25 (Okapi, k1=1.5, b=0.75) ranks ``passage`` strictly above every distractor.
 
-    The ranking corpus is ``[passage, *distractors]``; with no distractors any passage sharing a
-    query term wins. Raises ``ValueError`` on an empty query.
+    The ranking corpus is ``[passage, *distractors]``, lower-cased words without stop words.
+    Raises ``ValueError`` on a query with no searchable word.
     """
-    from rank_bm25 import BM25Okapi
-
     q = _bm25_tokens(query)
     if not q:
         raise ValueError(f"query has no searchable words: {query!r}")
     docs = [_bm25_tokens(passage)] + [_bm25_tokens(d) for d in distractors]
-    if not docs[0]:
-        return False
-    if len(docs) == 1:
-        return bool(set(q) & set(docs[0]))
-    # rank_bm25 divides by the average length; a corpus of empty docs would divide by zero.
-    docs = [d if d else ["\x00"] for d in docs]
-    scores = BM25Okapi(docs).get_scores(q)
-    return bool(scores[0] > 0 and all(scores[0] > s for s in scores[1:]))
+    scores = _bm25_scores(q, docs)
+    return bool(scores[0] > 0 and all(scores[0] > x for x in scores[1:]))
 
 
 def label_candidates(example: PreferenceExample, texts: Iterable[tuple[str, str]], rule: Rule = "both") -> list[Candidate]:
@@ -503,7 +513,9 @@ def train_orpo(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair], cfg:
     log: list[dict[str, float]] = []
     order = list(range(len(pairs)))
     step = 0
-    for epoch in range(cfg.epochs):
+    # max_steps, when given, overrides epochs (as in transformers' Trainer).
+    epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / math.ceil(len(pairs) / cfg.batch_size))
+    for epoch in range(epochs):
         rng.shuffle(order)
         for s in range(0, len(order), cfg.batch_size):
             if cfg.max_steps is not None and step >= cfg.max_steps:
