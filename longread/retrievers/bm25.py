@@ -107,14 +107,16 @@ class OkapiIndex:
         import bm25s
 
         n = len(corpus_tokens)
-        vocab: dict[str, int] = {}
-        ids = [[vocab.setdefault(t, len(vocab)) for t in doc] for doc in corpus_tokens]
-        lens = np.fromiter((len(d) for d in ids), dtype=np.int64, count=n)
+        lens = np.fromiter(map(len, corpus_tokens), dtype=np.int64, count=n)
         total = int(lens.sum())
         if n == 0 or total == 0:
             raise ValueError(f"cannot build a BM25 index: none of the {n} chunks has an indexable term")
+        # Term ids in order of first occurrence; map()/dict.fromkeys keep the per-token work in C.
+        tokens = list(itertools.chain.from_iterable(corpus_tokens))
+        vocab: dict[str, int] = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
         v = len(vocab)
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+        flat = np.fromiter(map(vocab.__getitem__, tokens), dtype=np.int64, count=total)
+        del tokens
         doc_of = np.repeat(np.arange(n, dtype=np.int64), lens)
         # One key per (term, doc) pair, term-major: unique() sorts into CSC order and counts tf.
         keys, tf = np.unique(flat * n + doc_of, return_counts=True)
