@@ -188,7 +188,14 @@ def bootstrap_table(
     for name, run in zip(names[1:], runs[1:]):
         ids, xs, ys = paired_scores(base, run, metric)
         if not ids:
-            why = "per-question rows missing" if base.rows is None or run.rows is None else "no shared questions"
+            if base.rows is None or run.rows is None:
+                why = "per-question rows missing"
+            elif all(r.get(metric) is None for r in base.rows.values()):
+                why = f"no {metric} in the first run"
+            elif all(r.get(metric) is None for r in run.rows.values()):
+                why = f"no {metric} in this run"
+            else:
+                why = "no shared questions"
             out.append(f"| {md_cell(name, 60)} | – | – | – | 0 | ({why}) |")
             continue
         res = paired_bootstrap(xs, ys, n_resamples=n_resamples, seed=seed)

@@ -138,7 +138,7 @@ def render_report(
         # Errors first, then lowest F1; ties in question order so the sample is stable.
         worst = sorted(scored, key=lambda r: (r.get("error") is None, r.get("f1") or 0.0))[:worst_n]
         if not worst:
-            out += ["(no question has gold answers to score)", ""]
+            out += ["(no answer to score: no gold answers, or a run without a reader)", ""]
         else:
             out += [
                 f"Lowest F1 ({len(worst)} of {len(rows)}):",
