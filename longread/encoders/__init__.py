@@ -23,7 +23,22 @@ __all__ = ["Encoder", "EncodeKind", "SentenceEncoder", "ENCODER_LOADERS", "MARKE
 
 MARKER_FILE = "longread_encoder.json"
 
+def _load_nomic(path: Path, *, device: str = "cpu") -> Encoder:
+    from .nomic import load_nomic  # torch-heavy: imported on use
+
+    return load_nomic(path, device=device)
+
+
+def _load_m2bert(path: Path, *, device: str = "cpu") -> Encoder:
+    from .m2bert import load_m2bert
+
+    return load_m2bert(path, device=device)
+
+
 ENCODER_LOADERS: dict[str, Callable[..., Encoder]] = {
+    # Native long-context encoders (nomic.py, m2bert.py).
+    "nomic_bert": _load_nomic,
+    "m2_bert": _load_m2bert,
     # Sentence loader: the BERT-family encoders AutoModel loads natively.
     "sentence": load_sentence_encoder,
     "bert": load_sentence_encoder,
@@ -55,7 +70,11 @@ def loader_key(path: str | Path) -> str:
     config = path / "config.json"
     if config.is_file():
         with open(config, encoding="utf-8") as f:
-            mt = json.load(f).get("model_type")
+            conf = json.load(f)
+        mt = conf.get("model_type")
+        # Official M2-BERT configs say model_type "bert" (their config class subclasses BertConfig).
+        if mt == "bert" and conf.get("monarch_mixer_sequence_mixing"):
+            mt = "m2_bert"
         if isinstance(mt, str) and mt in ENCODER_LOADERS:
             return mt
         if (path / "modules.json").is_file():

@@ -89,7 +89,8 @@ def read_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32) -> GGUFCo
             arr = (arr.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         # gguf lists dims fastest-first; reader.data is already shaped row-major (torch order)
         shape = tuple(int(d) for d in reversed(list(t.shape)))
-        tensors[t.name] = torch.from_numpy(np.ascontiguousarray(arr).reshape(shape)).to(dtype)
+        # astype copies out of the read-only memory map (torch must not alias it)
+        tensors[t.name] = torch.from_numpy(arr.reshape(shape).astype(np.float32)).to(dtype)
     return GGUFContents(architecture=arch, metadata=meta, tensors=tensors, tokens=tokens, token_types=types)
 
 

