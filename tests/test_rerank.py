@@ -250,3 +250,14 @@ def test_pointwise_on_tiny_lm_batches_and_is_batch_invariant(tiny_lm_dir: Path, 
     assert x.trace["llm_calls"]["reranker.pointwise"] == 3
     [e] = big([_state([])])
     assert e.passages == [] and e.trace["llm_calls"]["reranker.pointwise"] == 0
+
+
+@pytest.mark.parametrize("name", ["rag_hybrid_fullrank", "rag_hybrid_sliding", "rag_bm25_first", "rag_hybrid_fullrank_color"])
+def test_configs_with_rerankers_load(name: str) -> None:
+    from longread.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not present")
+    cfg = load_config(path)
+    assert any(s.key.startswith("reranker.") for s in cfg.stages)
