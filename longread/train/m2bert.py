@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Pair", "opl_loss", "mine_bm25_negatives", "build_pairs", "train_opl", "add_parser", "run", "main"]
+__all__ = ["Pair", "opl_loss", "evaluate_opl", "mine_bm25_negatives", "build_pairs", "train_opl", "add_parser", "run", "main"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,17 @@ def train_opl(
     finally:
         model.eval()
     return losses
+
+
+def evaluate_opl(encoder: Any, pairs: Sequence[Pair]) -> float:
+    """Mean OPL over ``pairs`` in eval mode (no dropout, no gradients)."""
+    import torch
+
+    encoder.model.eval()
+    with torch.no_grad():
+        losses = [float(opl_loss(_embed(encoder, [p.query], "query"), _embed(encoder, [p.passage], "document"),
+                                 torch.tensor([p.label]))) for p in pairs]
+    return sum(losses) / max(1, len(losses))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
