@@ -12,7 +12,8 @@ whitespace-only query returns no passages. Ties break by chunk index order.
 Threads: ``faiss_threads`` (default 1) is applied with ``faiss.omp_set_num_threads`` in
 ``setup``. That is a process-wide faiss setting, so stages in one process share it; on a
 2-core machine one thread answers single queries several times faster than faiss' default
-OpenMP pool (see ``benchmarks/dense_threads.py``). ``None`` leaves faiss' setting alone.
+OpenMP pool (see ``benchmarks/dense_threads.py``); it also applies while building, where
+one thread makes the HNSW graph reproducible. ``None`` leaves faiss' setting alone.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ class DenseRetriever(Stage):
 
         store = ctx.require_store()
         p = self.params
+        if p.faiss_threads is not None:
+            # Also makes HNSW construction reproducible at 1 thread (parallel inserts race).
+            faiss.omp_set_num_threads(p.faiss_threads)
         encoder = ctx.models.encoder(p.encoder)
         if p.long_docs == "split":
             from ..encoders.longdoc import encode_windows
