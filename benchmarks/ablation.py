@@ -24,8 +24,8 @@ Ranking columns show ``-`` for rows that do not rank (compressors, reorder).
 Then the reorder measurement (Jin et al.): F1 as the number of passages given to the reader
 grows (``--reorder-ns``), retrieval order vs hard-negative order, same reader, on squad-long.
 
-    nice -n 10 python benchmarks/ablation.py                  # defaults: 30 + 30 questions
-    python benchmarks/ablation.py --quick                     # 6 + 6 questions, smoke run
+    nice -n 10 python benchmarks/ablation.py                  # defaults: 12 + 12 questions
+    python benchmarks/ablation.py --quick                     # 3 + 3 questions, smoke run
     python benchmarks/ablation.py --rows retrieval fullrank --hotpot-questions 0
 """
 
@@ -47,21 +47,23 @@ from longread.types import Prediction, QAState, Question
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["retrieval", "fullrank", "sliding", "first", "pointwise", "color", "extractive", "reorder"]
-RANKING_ROWS = {"retrieval", "fullrank", "sliding", "first", "pointwise"}
+ALL_ROWS = ROWS + ["fullrank-tuned"]
+RANKING_ROWS = {"retrieval", "fullrank", "fullrank-tuned", "sliding", "first", "pointwise"}
 
 
 def row_stages(row: str, a: argparse.Namespace, n_cand: int) -> list[tuple[str, dict]]:
     """The (key, params) stages of one ablation row, before the reader."""
     win = a.window or max(2, n_cand // 2)
-    stride = a.stride or max(1, win // 2)
+    stride = a.stride or max(1, -(-win // 2))
     common = {"model": a.model, "top_n": n_cand, "word_budget": a.word_budget, "batch_size": a.rank_batch}
     return {
         "retrieval": [],
         "fullrank": [("reranker.fullrank", common)],
+        "fullrank-tuned": [("reranker.fullrank", {**common, "model": a.tuned_model or a.model})],
         "sliding": [("reranker.sliding", {**common, "window": win, "stride": stride})],
         "first": [("reranker.first", {**common, "top_n": min(n_cand, 52)})],
         "pointwise": [("reranker.pointwise", {**common, "batch_size": 8})],
-        "color": [("compressor.color", {"model": a.model, "max_new_tokens": a.color_tokens, "batch_size": 4})],
+        "color": [("compressor.color", {"model": a.model, "max_new_tokens": a.color_tokens, "batch_size": 3})],
         "extractive": [("compressor.extractive", {"budget_tokens": a.extractive_tokens})],
         "reorder": [("reorder.hard_negative", {"top_k": a.reader_k})],
     }[row]
@@ -103,9 +105,38 @@ def llm_use(states: list[QAState], keys: list[str]) -> tuple[float, float]:
     return calls, toks
 
 
-def read(ctx: RunContext, a: argparse.Namespace, states: list[QAState], k: int, max_ctx: int) -> list[QAState]:
-    reader = make(ctx, [("reader.hf", {"model": a.model, "max_new_tokens": 24, "max_passages": k, "max_context_tokens": max_ctx, "batch_size": 4})])
-    return run_stages(reader, states, 4)
+class Reader:
+    """The shared reader, with a cache: a state whose question and first ``k`` passages (ids and
+    texts, in order) were already read gets the same answer without another LLM call — greedy
+    decoding is deterministic — and keeps the reader time it cost the first time."""
+
+    def __init__(self, ctx: RunContext, a: argparse.Namespace) -> None:
+        self.ctx, self.a = ctx, a
+        self.stages: dict[tuple[int, int], Any] = {}
+        self.cache: dict[tuple, QAState] = {}
+
+    def __call__(self, states: list[QAState], k: int, max_ctx: int) -> list[QAState]:
+        if (k, max_ctx) not in self.stages:
+            params = {"model": self.a.model, "max_new_tokens": self.a.answer_tokens, "max_passages": k, "max_context_tokens": max_ctx, "batch_size": 4}
+            self.stages[(k, max_ctx)] = make(self.ctx, [("reader.hf", params)])
+        keys = [(k, max_ctx, s.question.id, tuple((p.chunk.id, p.chunk.text) for p in s.passages[:k])) for s in states]
+        todo = [i for i, key in enumerate(keys) if key not in self.cache]
+        done = run_stages(self.stages[(k, max_ctx)], [states[i] for i in todo], 4)
+        for i, st in zip(todo, done):
+            self.cache[keys[i]] = st
+        out = []
+        for s, key in zip(states, keys):
+            hit = self.cache[key]
+            s = s.model_copy(deep=True)
+            s.answer = hit.answer
+            for f in ("reader_tokens", "ttft_s", "new_tokens", "reader_truncated"):
+                if f in hit.trace:
+                    s.trace[f] = hit.trace[f]
+            for f in ("llm_calls", "llm_tokens", "timings"):
+                if "reader.hf" in hit.trace.get(f, {}):
+                    s.trace.setdefault(f, {})["reader.hf"] = hit.trace[f]["reader.hf"]
+            out.append(s)
+        return out
 
 
 def metrics_of(states: list[QAState], questions: list[Question]) -> dict[str, Any]:
@@ -116,7 +147,7 @@ def metrics_of(states: list[QAState], questions: list[Question]) -> dict[str, An
     return evaluate(preds, questions)
 
 
-def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, a: argparse.Namespace) -> list[dict]:
+def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, read: Reader, a: argparse.Namespace) -> list[dict]:
     """Run every row on copies of ``retrieved``; return one result dict per row."""
     qs = [s.question for s in retrieved]
     n_cand = min(a.candidates, max(len(s.passages) for s in retrieved))
@@ -147,9 +178,8 @@ def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, a: argpar
             incompl += bool(s.trace.get("rerank_incomplete"))
             ans += answer_in_texts(s.question.answers, [p.chunk.text for p in s.passages[: a.reader_k]])
         calls, toks = llm_use(states, [k for k, _ in specs])
-        t0 = time.perf_counter()
-        states = read(ctx, a, states, a.reader_k, 2048)
-        t_read = time.perf_counter() - t0
+        states = read(states, a.reader_k, 2048)
+        t_read = sum(s.trace.get("timings", {}).get("reader.hf", 0.0) for s in states)
         m = metrics_of(states, qs)
         n = len(states)
         res = {
@@ -164,7 +194,7 @@ def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, a: argpar
             "llm_tokens": toks,
             "sq": (t_stage + t_read) / n,
             "stage_s": t_stage / n,
-            "incomplete": incompl / n if row in ("fullrank", "sliding") else None,
+            "incomplete": incompl / n if row in ("fullrank", "fullrank-tuned", "sliding") else None,
         }
         rows.append(res)
         print(f"  [{set_name}] {res['row']:<13} F1 {res['f1']:.3f}  stage {t_stage / n:.1f}s/q  reader {t_read / n:.1f}s/q", flush=True)
@@ -187,7 +217,7 @@ def table(set_name: str, rows: list[dict], n: int, reader_k: int) -> str:
     return "\n".join(lines)
 
 
-def reorder_curve(retrieved: list[QAState], ctx: RunContext, a: argparse.Namespace) -> str:
+def reorder_curve(retrieved: list[QAState], read: Reader, a: argparse.Namespace) -> str:
     """F1 vs number of passages, retrieval order vs hard-negative order (same reader)."""
     from longread.retrievers.reorder import reorder
 
@@ -201,10 +231,9 @@ def reorder_curve(retrieved: list[QAState], ctx: RunContext, a: argparse.Namespa
                 s2 = s.model_copy(deep=True)
                 s2.passages = reorder(s2.passages[:n], mode)
                 states.append(s2)
-            t0 = time.perf_counter()
             # Room for all n passages so none is cut (the second-best sits last in hard_negative).
-            states = read(ctx, a, states, n, max(2048, n * (a.chunk_tokens + 48)))
-            dt = (time.perf_counter() - t0) / len(states)
+            states = read(states, n, max(2048, n * (a.chunk_tokens + 48)))
+            dt = sum(s.trace.get("timings", {}).get("reader.hf", 0.0) for s in states) / len(states)
             m = metrics_of(states, qs)
             f1[mode] = m["f1"]
             print(f"  [reorder] n={n} {mode}: F1 {m['f1']:.3f} ({dt:.1f}s/q)", flush=True)
@@ -246,27 +275,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-ablation"), help="index dirs land here")
     ap.add_argument("--model", default="qwen2.5-0.5b-instruct", help="reranker, compressor and reader model")
-    ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    ap.add_argument("--rows", nargs="+", default=ROWS, choices=ALL_ROWS)
+    ap.add_argument("--tuned-model", default=None, help="model dir for the 'fullrank-tuned' row (e.g. from longread train fullrank)")
     ap.add_argument("--squad-articles", type=int, default=10)
-    ap.add_argument("--squad-questions", type=int, default=30)
-    ap.add_argument("--hotpot-questions", type=int, default=30)
-    ap.add_argument("--candidates", type=int, default=20, help="retrieved candidates the rerankers rank")
-    ap.add_argument("--chunk-tokens", type=int, default=128)
-    ap.add_argument("--word-budget", type=int, default=50, help="words per passage in listwise/pointwise prompts")
+    ap.add_argument("--squad-questions", type=int, default=12)
+    ap.add_argument("--hotpot-questions", type=int, default=12)
+    ap.add_argument("--candidates", type=int, default=10, help="retrieved candidates the rerankers rank")
+    ap.add_argument("--chunk-tokens", type=int, default=96)
+    ap.add_argument("--word-budget", type=int, default=40, help="words per passage in listwise/pointwise prompts")
     ap.add_argument("--window", type=int, default=None, help="sliding window (default: half the candidates)")
     ap.add_argument("--stride", type=int, default=None, help="sliding stride (default: half the window)")
     ap.add_argument("--rank-batch", type=int, default=2)
-    ap.add_argument("--reader-k", type=int, default=5, help="passages the reader reads")
+    ap.add_argument("--reader-k", type=int, default=3, help="passages the reader reads")
+    ap.add_argument("--answer-tokens", type=int, default=16, help="reader max_new_tokens")
     ap.add_argument("--color-tokens", type=int, default=64)
     ap.add_argument("--extractive-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4, help="questions per stage batch")
     ap.add_argument("--reorder-ns", type=int, nargs="*", default=[5, 10, 20, 40])
-    ap.add_argument("--reorder-questions", type=int, default=16)
-    ap.add_argument("--quick", action="store_true", help="6 + 6 questions, reorder n in 5 10 on 6 questions")
+    ap.add_argument("--reorder-questions", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="3 + 3 questions, reorder n in 5 10 on 3 questions (smoke run)")
     a = ap.parse_args(argv)
     if a.quick:
-        a.squad_questions, a.hotpot_questions, a.squad_articles = 6, 6, 3
-        a.reorder_ns, a.reorder_questions = [5, 10], 6
+        a.squad_questions, a.hotpot_questions, a.squad_articles = 3, 3, 3
+        a.reorder_ns, a.reorder_questions = [5, 10], 3
     data = Path(a.data)
     if not data.is_dir():
         print(f"data dir {data} not found (pass --data)", file=sys.stderr)
@@ -293,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             step = max(1, len(retrieved) // n_q)
             main_states = retrieved[::step][:n_q]
         if a.rows and main_states:
-            rows = ablation(set_name, main_states, ctx, a)
+            rows = ablation(set_name, main_states, ctx, Reader(ctx, a), a)
             tables.append(table(set_name, rows, len(main_states), a.reader_k))
         if set_name == "squad-long" and a.reorder_ns and a.reorder_questions > 0:
             step = max(1, len(retrieved) // a.reorder_questions)
-            curve = reorder_curve(retrieved[::step][: a.reorder_questions], ctx, a)
+            curve = reorder_curve(retrieved[::step][: a.reorder_questions], Reader(ctx, a), a)
     print()
     for t in tables:
         print(t)

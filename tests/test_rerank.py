@@ -218,11 +218,13 @@ def test_first_on_tiny_lm_orders_by_identifier_logits(tiny_lm_dir: Path, ctx: Ru
     stage.setup(ctx)
     a, b = stage([_state(TEXTS, qid="a"), _state(["solo"], qid="b")])
     model, tok = ctx.models.causal_lm(str(tiny_lm_dir))
-    prompt = chat_prompts(tok, [listwise_messages(a.question.question, TEXTS[:3], word_budget=100, ids=["A", "B", "C"])])[0] + "["
+    pieces = [tok.encode("[" + c, add_special_tokens=False) for c in "ABC"]
+    prefill = "" if len(pieces[0]) == 1 else "["
+    letters = [p[-1] for p in pieces]
+    prompt = chat_prompts(tok, [listwise_messages(a.question.question, TEXTS[:3], word_budget=100, ids=["A", "B", "C"])])[0] + prefill
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, -1]
-    letters = [tok.encode("[" + c, add_special_tokens=False)[-1] for c in "ABC"]
     want = sorted(range(3), key=lambda i: -float(logits[letters[i]]))
     assert [p.chunk.id for p in a.passages] == [f"a-c{i}" for i in want] + ["a-c3"]
     assert a.trace["llm_calls"]["reranker.first"] == 1 and a.trace["rerank_incomplete"] is False
@@ -231,9 +233,32 @@ def test_first_on_tiny_lm_orders_by_identifier_logits(tiny_lm_dir: Path, ctx: Ru
 
 def test_first_single_token_check(tiny_lm_dir: Path, ctx: RunContext) -> None:
     _, tok = ctx.models.causal_lm(str(tiny_lm_dir))
-    assert len(set(single_token_ids(tok, letter_ids(10)))) == 10
+    toks, prefill = single_token_ids(tok, letter_ids(10))
+    assert len(set(toks)) == 10 and prefill in ("", "[")
     with pytest.raises(ValueError, match="not a single token"):
         single_token_ids(tok, ["A", "q7#~"])
+
+
+class _MergingTokenizer:
+    """A stand-in tokenizer that merges '[' with a following letter, as Qwen2's does."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        out, i = [], 0
+        while i < len(text):
+            if text[i] == "[" and i + 1 < len(text) and text[i + 1].isalpha():
+                out.append(1000 + ord(text[i + 1]))
+                i += 2
+            else:
+                out.append(ord(text[i]))
+                i += 1
+        return out
+
+
+def test_first_single_token_check_merged_form() -> None:
+    toks, prefill = single_token_ids(_MergingTokenizer(), ["A", "B"])
+    assert toks == [1000 + ord("A"), 1000 + ord("B")] and prefill == ""
+    with pytest.raises(ValueError, match="not a single token"):
+        single_token_ids(_MergingTokenizer(), ["A", "BC"])
 
 
 def test_pointwise_on_tiny_lm_batches_and_is_batch_invariant(tiny_lm_dir: Path, ctx: RunContext) -> None:

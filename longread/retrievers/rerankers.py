@@ -516,25 +516,34 @@ def letter_ids(n: int) -> list[str]:
     return _LETTERS[:n]
 
 
-def single_token_ids(tokenizer: Any, ids: Sequence[str]) -> list[int]:
-    """Token id of each identifier as it follows ``[``; raise ``ValueError`` if one is not one token.
+def single_token_ids(tokenizer: Any, ids: Sequence[str]) -> tuple[list[int], str]:
+    """The token that starts each identifier's answer, and the text to prefill before it.
 
-    Checked in context (after ``"["``) because BPE merges depend on the neighbours.
+    Byte-level BPE tokenizers differ: some split ``"[A"`` into ``"["`` + ``"A"`` (then the
+    answer is prefilled with ``"["`` and the identifier token is ``"A"``), others (Qwen2) merge
+    it into one token ``"[A"`` (then nothing is prefilled and that token is the identifier).
+    Returns ``(token_ids, prefill)``. Raises ``ValueError`` when an identifier takes more than
+    one token either way, when identifiers mix the two forms, or when two share a token.
     """
     base = tokenizer.encode("[", add_special_tokens=False)
-    out = []
+    out, forms = [], set()
     for s in ids:
         toks = tokenizer.encode("[" + s, add_special_tokens=False)
-        if toks[: len(base)] != base or len(toks) != len(base) + 1:
-            alone = tokenizer.encode(s, add_special_tokens=False)
+        if len(toks) == 1 and toks != base:
+            forms.add("merged")
+        elif len(toks) == len(base) + 1 and toks[: len(base)] == base:
+            forms.add("split")
+        else:
             raise ValueError(
-                f"identifier {s!r} is not a single token after '[' for this tokenizer "
-                f"(tokens {toks}, alone {alone}); FIRST needs single-token identifiers"
+                f"identifier {s!r} is not a single token for this tokenizer (\"[{s}\" -> tokens {toks}); "
+                "FIRST needs single-token identifiers"
             )
         out.append(toks[-1])
+    if len(forms) > 1:
+        raise ValueError(f"identifiers {list(ids)} tokenize inconsistently after '[' (some merged, some split)")
     if len(set(out)) != len(out):
         raise ValueError(f"identifiers {list(ids)} map to repeated token ids {out}")
-    return out
+    return out, ("[" if forms == {"split"} else "")
 
 
 def last_token_logits(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> "torch.Tensor":
@@ -590,7 +599,7 @@ class FirstReranker(_LLMStage):
     def setup(self, ctx: RunContext) -> None:
         """Load the model and check every identifier is one token (``ValueError`` otherwise)."""
         super().setup(ctx)
-        self.id_tokens = single_token_ids(self.tokenizer, letter_ids(self.params.top_n))
+        self.id_tokens, self.prefill = single_token_ids(self.tokenizer, letter_ids(self.params.top_n))
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         """Rerank by identifier logits; ``rerank_incomplete`` is always False (every id gets a score)."""
@@ -604,8 +613,8 @@ class FirstReranker(_LLMStage):
             for k in todo:
                 q, texts = items[k]
                 convs.append(listwise_messages(q, texts, word_budget=self.params.word_budget, ids=letter_ids(len(texts))))
-            # Prefill "[" so the next token is the identifier of the top passage.
-            prompts = [p + "[" for p in chat_prompts(self.tokenizer, convs)] if convs else []
+            # Prefill (e.g. "[") so the next token is the identifier of the top passage.
+            prompts = [p + self.prefill for p in chat_prompts(self.tokenizer, convs)] if convs else []
             logits = last_token_logits(self.model, self.tokenizer, prompts, self.params.batch_size)
             ntok = _prompt_tokens(self.tokenizer, prompts)
             row = {k: j for j, k in enumerate(todo)}
