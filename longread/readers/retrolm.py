@@ -54,12 +54,15 @@ from ..io import atomic_write_bytes
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
 from ..types import QAState
+from .hf import clean_answer
 
 __all__ = ["RetroLMParams", "RetroLMReader", "PagedDoc", "DEFAULT_INSTRUCTION", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
+# Same wording as reader.long_context so the two readers differ only in what the model attends to.
 DEFAULT_INSTRUCTION = (
-    "Answer the question using the document. Reply with a short answer (a few words), no explanation."
+    "Answer the question using the document below. Reply with only the answer, as a short phrase "
+    "of a few words, with no explanation."
 )
 _DOC_MARK = "\u2063LONGREAD_DOCUMENT\u2063"
 _QUESTION_MARK = "\u2063LONGREAD_QUESTION\u2063"
@@ -255,13 +258,13 @@ class RetroLMReader(Stage):
     # ---------------------------------------------------------------- prompts
     def _render(self, question: str) -> tuple[str, str]:
         """(prefix text, suffix text) around the document for ``question``."""
-        content = f"{self.params.instruction}\n\nDocument:\n{_DOC_MARK}\n\nQuestion: {_QUESTION_MARK}"
+        content = f"{self.params.instruction}\n\n{_DOC_MARK}\n\nQuestion: {_QUESTION_MARK}\nAnswer:"
         if getattr(self._tok, "chat_template", None):
             text = self._tok.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
         else:
-            text = content + "\nAnswer:"
+            text = content
         if text.count(_DOC_MARK) != 1 or text.count(_QUESTION_MARK) != 1:
             raise ValueError(f"chat template of {self.params.model!r} does not keep the user message verbatim")
         prefix, suffix = text.split(_DOC_MARK)
@@ -625,7 +628,8 @@ class RetroLMReader(Stage):
         missing = [d for d in ids if d not in store.documents]
         if missing:
             raise KeyError(f"question {state.question.id!r}: documents {missing} are not in the index")
-        return "\n\n".join(store.documents[d].text for d in ids)
+        docs = [store.documents[d] for d in ids]
+        return "\n\n".join((f"{d.title}\n{d.text}" if d.title else d.text).strip() for d in docs)
 
     def read(self, text: str) -> PagedDoc:
         """Page KV of ``text`` (prefilled now or reused); for tests and tools."""
@@ -657,10 +661,12 @@ class RetroLMReader(Stage):
                     )
                 t_sel = time.perf_counter() - t0
                 out_ids, ttft, decode_s, kv_len = self._decode(doc, selected, suffix_ids)
-                state.answer = self._tok.decode(out_ids, skip_special_tokens=True).strip()
+                raw = self._tok.decode(out_ids, skip_special_tokens=True)
+                state.answer = clean_answer(raw)
                 reader_tokens = kv_len + len(suffix_ids)
                 spans = doc.tensor("spans")
                 tr = state.trace
+                tr["raw_answer"] = raw
                 tr["reader_tokens"] = reader_tokens
                 tr["ttft_s"] = t_sel + ttft
                 tr["new_tokens"] = len(out_ids)
