@@ -334,3 +334,11 @@ def test_real_minilm_dense_and_hybrid_find_paraphrases(tmp_path: Path, hub) -> N
     assert len(hybrid.bm25.search([questions[0].question])[0][0]) == 0
     first = _ask(hybrid, *questions)
     assert [r[0][0].split("#")[0] for r in first] == ["doctor", "cat", "market", "football"]
+
+
+def test_top_k_ties_and_bounds() -> None:
+    s = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
+    assert top_k(s, 2)[0].tolist() == [1, 2]  # ties: lower position first, even across the partition boundary
+    assert top_k(s, 10)[0].tolist() == [1, 2, 4, 3, 0]
+    assert top_k(s, 2, np.array([4, 0, 2]))[0].tolist() == [2, 4]
+    assert len(top_k(s, 0)[0]) == 0

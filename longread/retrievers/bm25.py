@@ -36,7 +36,7 @@ from ..stage import IndexBuilder, Params, RunContext, Stage, timed
 from ..types import QAState
 from .common import Hits, make_passages, part_name, top_k
 
-__all__ = ["BM25Retriever", "BM25Tokenizer", "OkapiIndex", "RankBM25Index", "OKAPI_EPSILON", "build_index", "open_index"]
+__all__ = ["BM25Retriever", "BM25Tokenizer", "OkapiIndex", "RankBM25Index", "OKAPI_EPSILON", "build_index", "open_index", "search"]
 
 OKAPI_EPSILON = 0.25  # rank_bm25.BM25Okapi's default floor factor for negative idf
 META_FILE = "longread_bm25.json"

@@ -36,6 +36,8 @@ def top_k(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> H
     Ties break by position (lower first), so results never depend on sort stability.
     Returns ``(positions, scores)`` best first; fewer than ``k`` when there are fewer entries.
     """
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     pos = np.arange(len(scores), dtype=np.int64) if candidates is None else np.asarray(candidates, dtype=np.int64)
     vals = np.asarray(scores, dtype=np.float64) if candidates is None else np.asarray(scores, dtype=np.float64)[pos]
     if k < len(pos):

@@ -5,7 +5,8 @@ Each component retrieves its ``candidates`` best chunks; a chunk's fused score i
 Buettcher, SIGIR 2009; ``rrf_k = 60`` is their constant). Ties break by the better single
 component rank, then by chunk index. Each passage keeps the component scores it got in
 ``passage.scores`` (``retriever.bm25``, ``retriever.dense``) next to ``retriever.hybrid``.
-Scoping and empty queries behave as in the components.
+Scoping and empty queries behave as in the components; the components' own ``top_k`` is
+not used (``candidates`` is).
 """
 
 from __future__ import annotations
