@@ -128,7 +128,11 @@ def test_cli_trains_and_saves_safetensors(tiny_lm_dir: Path, tmp_path: Path) -> 
     f = tmp_path / "train.jsonl"
     f.write_text("".join(json.dumps({"query": e.query, "passages": e.passages, "order": e.order}) + "\n" for e in _examples()))
     out = tmp_path / "model"
-    assert main(["--model", str(tiny_lm_dir), "--train-file", str(f), "--out", str(out), "--steps", "2", "--lr", "1e-3"]) == 0
+    from longread.cli import main as cli_main
+
+    # Through the real `longread train fullrank` command line.
+    argv = ["train", "fullrank", "--model", str(tiny_lm_dir), "--train-file", str(f), "--out", str(out), "--steps", "2"]
+    assert cli_main(argv) == 0
     assert (out / "model.safetensors").is_file()
     info = json.loads((out / "longread_train.json").read_text())
     assert info["examples"] == 2 and math.isfinite(info["last_loss"])
@@ -136,6 +140,8 @@ def test_cli_trains_and_saves_safetensors(tiny_lm_dir: Path, tmp_path: Path) -> 
     bad.write_text('{"query": "q", "passages": ["a", "b"], "order": [0, 5]}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         load_examples_jsonl(bad)
+    with pytest.raises(ValueError, match="--steps must be > 0, got 0"):
+        main(["--model", str(tiny_lm_dir), "--train-file", str(f), "--out", str(out), "--steps", "0"])
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")
