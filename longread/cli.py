@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(m: dict[str, Any], run_dir: Path) -> None:
-    keys = ["n", "n_errors", "em", "f1", "answer_recall", "recall@5", "ndcg@10", "reader_tokens_mean", "seconds_per_question"]
+    keys = ["n", "n_errors", "em", "f1", "answer_recall", "recall@5", "ndcg@10", "reader_tokens_mean", "ttft_s_mean", "seconds_per_question"]
     parts = []
     for k in keys:
         v = m.get(k)
@@ -86,29 +86,20 @@ def _print_metrics(m: dict[str, Any], run_dir: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import load_questions
-    from .eval.evaluator import evaluate
-    from .eval.report import write_report
-    from .io import atomic_write_json
-    from .pipelines.runner import PREDICTIONS, load_run_questions, read_predictions
+    from .eval.evaluator import evaluate_run
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / PREDICTIONS).is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no {PREDICTIONS}; is it a run dir?")
-    questions = load_questions(args.questions) if args.questions else load_run_questions(run_dir)
-    if questions is None:
-        raise ValueError("the run's questions file is gone; pass --questions")
-    preds = read_predictions(run_dir / PREDICTIONS)
-    ids = {p.id for p in preds}
-    m = evaluate(preds, [q for q in questions if q.id in ids] if args.partial else questions)
-    atomic_write_json(run_dir / "metrics.json", m)
-    cfg = run_dir / "config.yaml"
-    name = run_dir.name
-    if cfg.is_file():
-        import yaml
-
-        name = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("name", name)
-    write_report(run_dir, m, config_name=name)
+    if not (run_dir / "predictions.jsonl").is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no predictions.jsonl; is it a run dir?")
+    meta_path = run_dir / "run.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    m = evaluate_run(
+        run_dir,
+        args.questions,
+        metric_style=meta.get("metric_style", "squad"),
+        allow_missing=args.partial,
+        config_name=meta.get("config_name"),
+    )
     _print_metrics(m, run_dir)
     return 0
 
@@ -160,8 +151,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = run(pipe, docs, questions, out, limit=args.limit, show_progress=not args.quiet, inputs={"corpus": str(corpus), "questions": str(qpath)})
     m = res.metrics
-    print(f"\nEM {m['em']:.3f}  F1 {m['f1']:.3f}  answer recall {m.get('answer_recall') or 0:.3f}  errors {m['n_errors']}/{m['n']}")
-    print(f"index {m.get('index_seconds', 0):.1f}s, {m['seconds_per_question']:.2f}s per question, total {time.perf_counter() - t0:.1f}s")
+    print()
+    _print_metrics(m, res.run_dir)
+    print(f"index {m.get('index_seconds') or 0:.1f}s, total {time.perf_counter() - t0:.1f}s")
     print(f"run dir: {res.run_dir}")
     return 0
 
@@ -246,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="(re)compute metrics.json and report.md of a run dir")
     p.add_argument("run_dir")
-    p.add_argument("--questions", default=None, help="questions JSONL (default: the run's own)")
-    p.add_argument("--partial", action="store_true", help="evaluate only the questions that have predictions")
+    p.add_argument("--questions", default=None, help="questions JSONL (default: RUN_DIR/questions.jsonl)")
+    p.add_argument("--partial", action="store_true", help="count questions without a prediction as errors instead of failing")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="side-by-side table of several run dirs")

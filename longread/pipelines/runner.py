@@ -17,11 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..eval.evaluator import read_predictions
 from ..io import atomic_write_json, atomic_write_text
 from ..types import Document, Prediction, QAState, Question
+from ..data import write_jsonl
 from .pipeline import Pipeline
 
-__all__ = ["RunResult", "run", "read_predictions", "RunDirError"]
+__all__ = ["RunResult", "run", "read_predictions", "repair_torn_tail", "RunDirError"]
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -49,26 +51,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def read_predictions(path: Path, *, repair: bool = False) -> list[Prediction]:
-    """Read ``predictions.jsonl``. A torn last line (a run killed mid-write) is dropped;
-    with ``repair`` the file is truncated to its last complete line. Raise ``ValueError`` on a
-    corrupt line that is not the last."""
+def repair_torn_tail(path: Path) -> None:
+    """Cut a torn last line (a run killed mid-write) off ``predictions.jsonl``, if there is one."""
     if not path.is_file():
-        return []
+        return
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1
-    if repair and good_end != len(data):
+    if good_end != len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    out: list[Prediction] = []
-    for n, line in enumerate(data[:good_end].splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(Prediction.model_validate_json(line))
-        except ValueError as e:
-            raise ValueError(f"{path}:{n}: corrupt prediction line: {e}") from None
-    return out
 
 
 def _prediction(state: QAState) -> Prediction:
@@ -94,9 +85,12 @@ def run(
     fail_fast: bool = False,
     show_progress: bool = True,
     inputs: dict[str, Any] | None = None,
+    metric_style: str = "squad",
 ) -> RunResult:
     """Index (if needed), answer ``questions`` into ``run_dir``, evaluate, and write the report.
 
+    ``metric_style`` is ``squad`` or ``hotpotqa`` (yes/no answers). The questions are copied to
+    ``run_dir/questions.jsonl`` so the run dir can be re-evaluated on its own.
     ``index_dir`` defaults to ``run_dir/index``; with ``documents=None`` it must already exist.
     Raises ``RunDirError`` when ``run_dir`` already has predictions and ``resume`` is not set, or
     when resuming with a different config.
@@ -123,6 +117,7 @@ def run(
             raise RunDirError(f"{str(run_dir)!r} was run with a different config; cannot resume it with this one")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", config_yaml)
+    write_jsonl(run_dir / "questions.jsonl", questions)
 
     idx = Path(index_dir) if index_dir is not None else run_dir / "index"
     t_index = 0.0
@@ -135,6 +130,7 @@ def run(
         "config_name": pipeline.config.name,
         "seed": pipeline.config.seed,
         "executor": executor,
+        "metric_style": metric_style,
         "index_dir": str(idx.resolve()),
         "inputs": inputs or {},
         "versions": _versions(),
@@ -143,7 +139,8 @@ def run(
     }
     atomic_write_json(run_dir / "run.json", meta)
 
-    done = {p.id for p in read_predictions(pred_path, repair=True)}
+    repair_torn_tail(pred_path)
+    done = {p.id for p in read_predictions(pred_path)} if pred_path.is_file() else set()
     todo = [q for q in questions if q.id not in done]
     n_now = 0
     if todo:
@@ -160,22 +157,12 @@ def run(
         bar.close()
     preds = read_predictions(pred_path)
     wanted = set(ids)
-    metrics = evaluate([p for p in preds if p.id in wanted], list(questions))
+    preds = [p for p in preds if p.id in wanted]
+    metrics = evaluate(preds, list(questions), metric_style=metric_style)  # type: ignore[arg-type]
     metrics["index_seconds"] = round(t_index, 3)
     atomic_write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir, metrics, config_name=pipeline.config.name)
+    write_report(run_dir, metrics, config_name=pipeline.config.name, predictions=preds, questions=list(questions))
     meta["models"] = pipeline.context(idx).models.provenance()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(run_dir / "run.json", meta)
     return RunResult(run_dir=run_dir, metrics=metrics, n_answered_now=n_now)
-
-
-def load_run_questions(run_dir: Path) -> list[Question] | None:
-    """Questions recorded in a run dir's ``run.json`` inputs, if their file still exists."""
-    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    qpath = meta.get("inputs", {}).get("questions")
-    if qpath and Path(qpath).is_file():
-        from ..data import load_questions
-
-        return load_questions(qpath)
-    return None
