@@ -257,7 +257,7 @@ def test_cache_key_depends_on_page_size_dtype_and_text(tiny_lm_dir: Path, tmp_pa
 
 
 def test_precomputed_index_part_is_used(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
-    docs = [Document(id="a", text=_text(5)), Document(id="b", text=_text(7))]
+    docs = [Document(id="a", text=_text(5)), Document(id="b", text=_text(7), title="Facts")]
     r = _reader(tiny_lm_dir, precompute=True)
     parts = r.indexes()
     assert len(parts) == 1
@@ -325,11 +325,13 @@ def test_smollm2_answers_a_planted_fact(tmp_path: Path) -> None:
 
     filler = " ".join(
         f"Report {i}: the committee reviewed the budget, the schedule and the staffing plan for the year."
-        for i in range(60)
+        for i in range(40)
     )
     text = filler[: len(filler) // 2] + " The secret password is TANGERINE. " + filler[len(filler) // 2 :]
     docs = [Document(id="d", text=text)]
-    hub = ModelHub()  # the default cache: the GGUF pack is converted once per machine
+    # The default cache (the GGUF pack is converted once per machine); float32 because bf16
+    # matmuls are several times slower on CPUs without avx512_bf16.
+    hub = ModelHub(dtype="float32")
     r = RetroLMReader({"model": "smollm2-135m-instruct", "budget_tokens": 512, "page_size": 64, "max_new_tokens": 12})
     r.setup(_ctx(hub, docs, tmp_path / "cache"))
     s = _ask(r, "q", "What is the secret password?", ["d"])

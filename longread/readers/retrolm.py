@@ -72,6 +72,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
 
 
+def _join_documents(docs: list[Any]) -> str:
+    """The text a question scoped to ``docs`` reads (titles first, as reader.long_context does)."""
+    return "\n\n".join((f"{d.title}\n{d.text}" if d.title else d.text).strip() for d in docs)
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
@@ -201,7 +206,7 @@ class RetroLMReader(Stage):
         self._load_model(ctx)
         store = ctx.require_store()
         for doc in store.documents.values():
-            text = doc.text
+            text = _join_documents([doc])  # what a question scoped to this one document reads
             prefix_ids = self._prefix_ids()
             doc_ids, offsets = self._doc_ids(text)
             key = self._doc_key(text, prefix_ids)
@@ -628,8 +633,7 @@ class RetroLMReader(Stage):
         missing = [d for d in ids if d not in store.documents]
         if missing:
             raise KeyError(f"question {state.question.id!r}: documents {missing} are not in the index")
-        docs = [store.documents[d] for d in ids]
-        return "\n\n".join((f"{d.title}\n{d.text}" if d.title else d.text).strip() for d in docs)
+        return _join_documents([store.documents[d] for d in ids])
 
     def read(self, text: str) -> PagedDoc:
         """Page KV of ``text`` (prefilled now or reused); for tests and tools."""
@@ -645,7 +649,7 @@ class RetroLMReader(Stage):
             for state in batch:
                 t0 = time.perf_counter()
                 text = self._input_text(state)
-                prefix_text, suffix_text = self._render(state.question.question)
+                _, suffix_text = self._render(state.question.question)
                 prefix_ids = self._prefix_ids()
                 suffix_ids = list(self._tok(suffix_text, add_special_tokens=False)["input_ids"])
                 doc, prefilled = self._paged(text, prefix_ids, batch_memory)
