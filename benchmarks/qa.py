@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             res = run(
                 pipe, docs, qs, run_dir, index_dir=out / set_name / f"index-{name}", resume=args.resume, show_progress=True,
-                inputs={"dataset": set_name},
+                inputs={"dataset": set_name}, metric_style="hotpotqa" if set_name == "hotpotqa" else "squad",
             )
             m = res.metrics
             print(f"  {name}: F1 {m['f1']:.3f} EM {m['em']:.3f} in {time.perf_counter() - t0:.0f}s", flush=True)
