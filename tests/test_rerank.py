@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from longread import registry
 from longread.config import ConfigError, parse_config
@@ -57,6 +59,16 @@ def test_parse_drops_out_of_range_and_repeats_and_appends_missing() -> None:
 def test_parse_garbage_keeps_retrieval_order(text: str) -> None:
     r = parse_ranking(text, 4)
     assert r.order == [0, 1, 2, 3] and r.ranked == 0 and r.incomplete
+
+
+@given(text=st.text(alphabet=st.sampled_from(list("[]>0123456789 ,abc\n")), max_size=200), n=st.integers(0, 30))
+def test_parse_any_text_gives_a_permutation(text: str, n: int) -> None:
+    r = parse_ranking(text, n)
+    assert sorted(r.order) == list(range(n))
+    assert r.ranked + r.missing == n and r.incomplete == (r.missing > 0)
+    # Unranked passages follow in retrieval order.
+    tail = r.order[r.ranked :]
+    assert tail == sorted(tail)
 
 
 def test_parse_bare_numbers_and_huge_numbers() -> None:
