@@ -337,3 +337,13 @@ def test_smollm2_answers_a_planted_fact(tmp_path: Path) -> None:
     s = _ask(r, "q", "What is the secret password?", ["d"])
     assert s.trace["pages_total"] > s.trace["pages_selected"]
     assert "TANGERINE" in s.answer.upper(), s.answer
+
+
+def test_models_without_static_rotary_positions_are_refused() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    with pytest.raises(TypeError, match="no .model.layers|no rotary"):
+        rope_inv_freq(gpt2)
+    with pytest.raises(ValueError, match="must match|angles"):
+        rerotate_keys(torch.zeros(2, 3, 8), torch.arange(3), torch.arange(4), torch.ones(4))

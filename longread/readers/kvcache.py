@@ -81,7 +81,12 @@ def rotate_keys(keys: torch.Tensor, angles_pos: torch.Tensor, inv_freq: torch.Te
 def rerotate_keys(
     keys: torch.Tensor, from_pos: torch.Tensor, to_pos: torch.Tensor, inv_freq: torch.Tensor
 ) -> torch.Tensor:
-    """Move keys rotated at ``from_pos`` to ``to_pos`` (both ``[T]`` integer tensors)."""
+    """Move keys rotated at ``from_pos`` to ``to_pos`` (both ``[T]`` integer tensors).
+
+    Raises ``ValueError`` when the two position lists differ in length.
+    """
+    if from_pos.shape != to_pos.shape:
+        raise ValueError(f"from_pos {tuple(from_pos.shape)} and to_pos {tuple(to_pos.shape)} must match")
     delta = to_pos.to(torch.int64) - from_pos.to(torch.int64)
     if not bool(delta.any()):
         return keys
