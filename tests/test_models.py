@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from longread.models import ModelHub, ModelNotFoundError, resolve_dtype
+from longread.models.hub import cpu_has_fast_bf16
 from longread.models import packs as P
 
 
@@ -127,7 +128,7 @@ def test_missing_package_names_the_pip_line(tmp_path: Path) -> None:
 
 def test_pack_table_and_pins() -> None:
     names = [p.name for p in P.list_packs()]
-    assert names == ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert names[:3] == ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"]
     assert P.get_pack("qwen2.5-0.5b-instruct").sha256 == (
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     )
@@ -185,9 +186,14 @@ def test_hub_rejects_bad_settings() -> None:
 
 
 def test_resolve_dtype_defaults() -> None:
-    assert resolve_dtype("auto", "causal_lm", "cpu") == "bfloat16"
+    fast = cpu_has_fast_bf16()
+    assert resolve_dtype("auto", "causal_lm", "cpu") == ("bfloat16" if fast else "float32")
+    assert resolve_dtype("auto", "causal_lm", "cuda:0") == "bfloat16"
     assert resolve_dtype("auto", "encoder", "cpu") == "float32"
+    assert resolve_dtype("auto", "encoder", "cuda") == "float32"
     assert resolve_dtype("float16", "encoder", "cpu") == "float16"
+    with pytest.raises(ValueError, match="got 'int8'"):
+        resolve_dtype("int8", "encoder", "cpu")
 
 
 def test_hub_loads_once_and_prepares_tokenizer(hub: ModelHub, tiny_lm_dir: Path) -> None:
@@ -202,8 +208,10 @@ def test_hub_loads_once_and_prepares_tokenizer(hub: ModelHub, tiny_lm_dir: Path)
     assert hub.tokenizer(str(tiny_lm_dir)) is tok
 
 
-def test_hub_auto_dtype_is_bf16_for_causal_lms(tmp_path: Path, tiny_lm_dir: Path) -> None:
+def test_hub_dtype_setting_reaches_the_model(tmp_path: Path, tiny_lm_dir: Path) -> None:
     import torch
 
-    model, _ = ModelHub(cache_dir=tmp_path).causal_lm(str(tiny_lm_dir))
+    model, _ = ModelHub(cache_dir=tmp_path, dtype="bfloat16").causal_lm(str(tiny_lm_dir))
     assert model.dtype == torch.bfloat16
+    auto, _ = ModelHub(cache_dir=tmp_path).causal_lm(str(tiny_lm_dir))
+    assert str(auto.dtype) == f"torch.{resolve_dtype('auto', 'causal_lm', 'cpu')}"

@@ -258,13 +258,13 @@ def test_real_reader_answers_from_the_passage(real_hub: ModelHub, name: str) -> 
     doc = Document(id="f", text="The capital of Freedonia is Zorbatown. Freedonia is a small country.")
     store = CorpusStore([doc], _chunks(doc, size=200))
     ctx = RunContext(models=real_hub, store=store)
-    reader = HFReader({"model": name, "max_new_tokens": 12})
+    reader = HFReader({"model": name, "max_new_tokens": 24})
     reader.setup(ctx)
     states = [_state(ctx, "q1", n=1), _state(ctx, "q2", n=1, doc_ids=["f"])]
     out = reader(states)
     for s in out:
         assert "zorbatown" in s.answer.lower(), s.trace["raw_answer"]
-        assert s.trace["new_tokens"] < 12  # stopped at end-of-turn, not at the limit
+        assert s.trace["new_tokens"] < 24  # stopped at end-of-turn, not at the limit
     lc = LongContextReader({"model": name, "max_new_tokens": 12})
     lc.setup(ctx)
     assert "zorbatown" in lc([_state(ctx, "q3", n=0, doc_ids=["f"])])[0].answer.lower()

@@ -25,7 +25,7 @@ from . import packs as _packs
 if TYPE_CHECKING:  # pragma: no cover
     from ..encoders.base import Encoder
 
-__all__ = ["ModelHub", "ModelNotFoundError", "resolve_dtype"]
+__all__ = ["ModelHub", "ModelNotFoundError", "resolve_dtype", "cpu_has_fast_bf16"]
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -35,19 +35,39 @@ class ModelNotFoundError(FileNotFoundError):
     """A model name that is neither a local directory, a pack, nor a reachable HF id."""
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX), per torch."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
+
+
 def resolve_dtype(dtype: str, kind: str, device: str) -> str:
     """The torch dtype name to load a ``kind`` ("causal_lm" or "encoder") model with.
 
-    ``"auto"``: causal LMs in bfloat16 (on this CPU about 2x faster than float32 for greedy
-    decoding and half the memory, see ``benchmarks/models.py``), encoders in float32 (bf16
-    was slower for MiniLM-sized encoders on CPU and costs retrieval precision). On CUDA
-    everything but encoders runs bf16. Raises ``ValueError`` for an unknown dtype.
+    ``"auto"`` picks what is fastest where it runs (``benchmarks/models.py`` measures it):
+
+    - CUDA: bfloat16 for causal LMs, float32 for encoders (small, and retrieval scores keep
+      full precision);
+    - CPU with native bf16 (AVX512-BF16 / AMX): bfloat16 for causal LMs, float32 for encoders;
+    - other CPUs (AVX2 only): float32 for everything. There bf16 matmuls are emulated:
+      prefill was ~4x slower than fp32 for SmolLM2 (591-token prompt) and MiniLM encoding
+      ~3x slower, while bf16 decoding was at best equal per token, so for RAG prompts
+      (long prefill, short answers) fp32 wins.
+
+    Raises ``ValueError`` for an unknown dtype.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     if dtype != "auto":
         return dtype
-    return "bfloat16" if kind == "causal_lm" else "float32"
+    if kind != "causal_lm":
+        return "float32"
+    if device.startswith("cuda"):
+        return "bfloat16"
+    return "bfloat16" if device == "cpu" and cpu_has_fast_bf16() else "float32"
 
 
 class ModelHub:
@@ -162,7 +182,10 @@ class ModelHub:
         return self._loaded[key]
 
     def causal_lm(self, name: str | Path) -> tuple[Any, Any]:
-        """``(model, tokenizer)`` for causal LM ``name``, loaded once, in eval mode on the hub's device."""
+        """``(model, tokenizer)`` for causal LM ``name``, loaded once, in eval mode on the hub's device.
+
+        The dtype is the hub's (``"auto"``: see :func:`resolve_dtype`).
+        """
         path = self.resolve(name)
         key = ("causal_lm", str(path))
         if key not in self._loaded:
