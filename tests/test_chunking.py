@@ -109,3 +109,13 @@ def test_large_document_chunks() -> None:
     chunks = chunk_documents([doc], ChunkerSpec(kind="tokens", size=256, overlap=32))
     assert chunks[0].start == 0 and chunks[-1].end == len(text.rstrip())
     assert all(c.text == text[c.start : c.end] for c in chunks[:: len(chunks) // 50])
+
+
+def test_sentences_counted_with_a_named_tokenizer(hub, tiny_encoder_dir) -> None:
+    doc = Document(id="t", text=" ".join(f"Sentence {i} is about the river bank and alpha." for i in range(60)))
+    spec = ChunkerSpec(kind="sentences", size=40, overlap=10, tokenizer=str(tiny_encoder_dir))
+    chunks = chunk_documents([doc], spec, hub=hub)
+    _check_invariants(doc, chunks)
+    tok = hub.tokenizer(str(tiny_encoder_dir))
+    counts = [len(tok(c.text, add_special_tokens=False)["input_ids"]) for c in chunks]
+    assert max(counts) <= 40 and len(chunks) > 5
