@@ -11,8 +11,9 @@ RSS growth over the loaded model; for retrolm also the second question on the sa
 (page KV reused from the on-disk cache: no prefill). Quality: a needle-in-a-haystack grid (facts
 planted at depths 0-100% of Paul Graham essays) and F1 on SQuAD articles read as long documents.
 
-    python benchmarks/kv_readers.py                  # default, ~20 min on 2 CPU cores
-    python benchmarks/kv_readers.py --quick          # ~3-5 min
+    python benchmarks/kv_readers.py                  # default: ~45 min of CPU per reader-heavy run on 2 idle cores
+    python benchmarks/kv_readers.py --quick          # ~10 min on 2 idle cores (1k/4k contexts)
+    python benchmarks/kv_readers.py --parallel ...   # readers at once: same machine load for all
     python benchmarks/kv_readers.py --model qwen2.5-0.5b-instruct --json out.json
 
 Needs ``--data`` (default ``../shared/data`` beside the repo) with ``paul_graham/essays`` and
@@ -313,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--dtype", default="float32", help="model dtype for every reader (bf16 matmuls are ~4x slower than fp32 on CPUs without avx512_bf16)"
     )
-    ap.add_argument("--quick", action="store_true", help="1k/4k speed, 2k needles, 1 article x 3 questions")
+    ap.add_argument("--quick", action="store_true", help="1k/4k speed, 4k needles at 25%%/75%%, 1 article x 2 questions")
+    ap.add_argument(
+        "--parallel", action="store_true", help="run the reader subprocesses at once (on a shared machine their timings then see the same load)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write all raw results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -323,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker, args.work, args.out, args.model, args.budget, args.threads, args.dtype)
         return 0
     if args.quick:
-        args.lengths, args.needle_lengths, args.squad_articles, args.squad_questions = [1024, 4096], [2048], 1, 3
+        args.lengths, args.needle_lengths, args.depths = [1024, 4096], [4096], [0.25, 0.75]
+        args.squad_articles, args.squad_questions = 1, 2
     from longread import registry
 
     known = set(registry.keys())
@@ -333,15 +338,21 @@ def main(argv: list[str] | None = None) -> int:
         work = build_workload(args)
         work_path = Path(tmp) / "work.json"
         work_path.write_text(json.dumps(work))
-        results = []
+        procs = []
         for key in readers:
             out = Path(tmp) / f"{key}.json"
             cmd = [sys.executable, __file__, "--worker", key, "--work", str(work_path), "--out", str(out),
                    "--model", args.model, "--budget", str(args.budget), "--threads", str(args.threads), "--dtype", args.dtype]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            err = open(Path(tmp) / f"{key}.err", "w")
+            procs.append((key, out, subprocess.Popen(cmd, cwd=ROOT, stderr=err, text=True), err, time.perf_counter()))
+            if not args.parallel:
+                procs[-1][2].wait()
+        results = []
+        for key, out, proc, err, t0 in procs:
+            proc.wait()
+            err.close()
             if proc.returncode != 0 or not out.is_file():
-                tail = proc.stderr.strip().splitlines()[-3:]
+                tail = (Path(tmp) / f"{key}.err").read_text().strip().splitlines()[-3:]
                 results.append({"reader": key, "failed": " | ".join(tail)[:500]})
             else:
                 results.append(json.loads(out.read_text()))
