@@ -8,8 +8,8 @@ Rows: retrieval only / + fullrank / + sliding / + first / + pointwise / + color 
   their article, chunked into ``--chunk-tokens`` token chunks;
 - ``hotpotqa``: the HotpotQA dev sample, each question scoped to its ~10 paragraphs.
 
-Retrieval (``retriever.hybrid``: BM25 + all-MiniLM-L6-v2, RRF) runs once per set through the
-Pipeline API; every row then runs its stages and the reader on copies of the same candidates,
+Retrieval (``retriever.bm25``, or ``--retriever hybrid``: BM25 + all-MiniLM-L6-v2, RRF) runs once
+per set through the Pipeline API; every row then runs its stages and the reader on copies of the same candidates,
 with one shared model hub, so rows differ only by their stage.
 
 Columns: F1 and EM of the reader; ranking quality of the row's passage list over the retrieved
@@ -159,6 +159,9 @@ def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, read: Rea
     rel = {s.question.id: relevant_ids(s, set_name) for s in base}
     rows = []
     for row in a.rows:
+        if a.deadline is not None and time.monotonic() > a.deadline:
+            print(f"  [{set_name}] time budget spent: skipping {row}", flush=True)
+            continue
         specs = row_stages(row, a, n_cand)
         states = [s.model_copy(deep=True) for s in base]
         if row in ("color", "extractive"):
@@ -197,7 +200,9 @@ def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, read: Rea
             "incomplete": incompl / n if row in ("fullrank", "fullrank-tuned", "sliding") else None,
         }
         rows.append(res)
-        print(f"  [{set_name}] {res['row']:<13} F1 {res['f1']:.3f}  stage {t_stage / n:.1f}s/q  reader {t_read / n:.1f}s/q", flush=True)
+        print(f"  [{set_name}] {res['row']:<13} F1 {res['f1']:.3f} R@5 {fmt(res['r5'])} nDCG@10 {fmt(res['ndcg'])} "
+              f"ans {res['ans']:.2f} calls {calls:.1f} llm tok {toks:.0f} incompl {fmt(res['incomplete'], '.2f')} "
+              f"stage {t_stage / n:.1f}s/q reader {t_read / n:.1f}s/q", flush=True)
     return rows
 
 
@@ -224,6 +229,9 @@ def reorder_curve(retrieved: list[QAState], read: Reader, a: argparse.Namespace)
     qs = [s.question for s in retrieved]
     lines = ["| passages | F1 retrieval order | F1 hard-negative order | reader tokens | s/q |", "|---|---|---|---|---|"]
     for n in a.reorder_ns:
+        if a.deadline is not None and time.monotonic() > a.deadline:
+            lines.append(f"| {n} | (time budget spent) | | | |")
+            continue
         f1 = {}
         for mode in ("identity", "hard_negative"):
             states = []
@@ -232,7 +240,7 @@ def reorder_curve(retrieved: list[QAState], read: Reader, a: argparse.Namespace)
                 s2.passages = reorder(s2.passages[:n], mode)
                 states.append(s2)
             # Room for all n passages so none is cut (the second-best sits last in hard_negative).
-            states = read(states, n, max(2048, n * (a.chunk_tokens + 48)))
+            states = read(states, n, max(2048, n * (a.reorder_chunk_tokens + 24)))
             dt = sum(s.trace.get("timings", {}).get("reader.hf", 0.0) for s in states) / len(states)
             m = metrics_of(states, qs)
             f1[mode] = m["f1"]
@@ -245,19 +253,25 @@ def reorder_curve(retrieved: list[QAState], read: Reader, a: argparse.Namespace)
     return "\n".join(lines)
 
 
-def retrieve(set_name: str, docs: list, qs: list[Question], a: argparse.Namespace, top_k: int) -> tuple[list[QAState], RunContext]:
+def retrieve(
+    set_name: str, docs: list, qs: list[Question], a: argparse.Namespace, top_k: int, chunk_tokens: int | None = None
+) -> tuple[list[QAState], RunContext]:
+    """Index ``docs`` and retrieve ``top_k`` candidates per question through the Pipeline API."""
+    chunk_tokens = chunk_tokens or a.chunk_tokens
     cfg = {
         "name": f"ablation-{set_name}",
-        "chunker": {"kind": "tokens", "size": a.chunk_tokens, "overlap": 16},
+        "chunker": {"kind": "tokens", "size": chunk_tokens, "overlap": min(16, chunk_tokens // 4)},
         "stages": [
-            {
+            {"key": "retriever.bm25", "params": {"top_k": top_k}}
+            if a.retriever == "bm25"
+            else {
                 "key": "retriever.hybrid",
                 "params": {"top_k": top_k, "candidates": max(50, top_k), "dense": {"encoder": "all-minilm-l6-v2"}},
             }
         ],
     }
     pipe = Pipeline.from_config(cfg)
-    index_dir = Path(a.out) / f"index-{set_name}-{a.chunk_tokens}"
+    index_dir = Path(a.out) / f"index-{set_name}-{a.retriever}-{chunk_tokens}-{len(docs)}"
     t0 = time.perf_counter()
     pipe.index(docs, index_dir)
     states = pipe.answer(qs, index_dir=index_dir)
@@ -282,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hotpot-questions", type=int, default=12)
     ap.add_argument("--candidates", type=int, default=10, help="retrieved candidates the rerankers rank")
     ap.add_argument("--chunk-tokens", type=int, default=96)
+    ap.add_argument("--retriever", choices=["bm25", "hybrid"], default="bm25", help="hybrid = BM25 + all-MiniLM-L6-v2 (RRF)")
     ap.add_argument("--word-budget", type=int, default=40, help="words per passage in listwise/pointwise prompts")
     ap.add_argument("--window", type=int, default=None, help="sliding window (default: half the candidates)")
     ap.add_argument("--stride", type=int, default=None, help="sliding stride (default: half the window)")
@@ -293,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="questions per stage batch")
     ap.add_argument("--reorder-ns", type=int, nargs="*", default=[5, 10, 20, 40])
     ap.add_argument("--reorder-questions", type=int, default=8)
+    ap.add_argument("--reorder-chunk-tokens", type=int, default=48, help="chunk size for the reorder measurement")
     ap.add_argument("--quick", action="store_true", help="3 + 3 questions, reorder n in 5 10 on 3 questions (smoke run)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="start no new row after this many minutes")
     a = ap.parse_args(argv)
+    a.deadline = None if a.max_minutes is None else time.monotonic() + 60 * a.max_minutes
     if a.quick:
         a.squad_questions, a.hotpot_questions, a.squad_articles = 3, 3, 3
         a.reorder_ns, a.reorder_questions = [5, 10], 3
@@ -310,13 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         sets["squad-long"] = (docs, qs)
     if a.hotpot_questions > 0:
         docs, qs = load_hotpotqa(data / "hotpotqa" / "hotpotqa_explorer_dev_sample100.json")
-        sets["hotpotqa"] = (docs, qs[: a.hotpot_questions])
+        qs = qs[: a.hotpot_questions]
+        scope = {d for q in qs for d in (q.doc_ids or [])}
+        sets["hotpotqa"] = ([d for d in docs if d.id in scope], qs)  # index only what the questions can see
     print(f"ablation: model {a.model}, {a.candidates} candidates, reader reads {a.reader_k}", flush=True)
     tables = []
     curve = None
     for set_name, (docs, qs) in sets.items():
-        top_k = max([a.candidates] + (list(a.reorder_ns) if set_name == "squad-long" else []))
-        retrieved, ctx = retrieve(set_name, docs, qs, a, top_k)
+        retrieved, ctx = retrieve(set_name, docs, qs, a, a.candidates)
         n_q = a.squad_questions if set_name == "squad-long" else a.hotpot_questions
         main_states = retrieved[:n_q]
         if set_name == "squad-long":
@@ -326,15 +345,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.rows and main_states:
             rows = ablation(set_name, main_states, ctx, Reader(ctx, a), a)
             tables.append(table(set_name, rows, len(main_states), a.reader_k))
+        if a.rows and main_states:
+            print(tables[-1], flush=True)
         if set_name == "squad-long" and a.reorder_ns and a.reorder_questions > 0:
-            step = max(1, len(retrieved) // a.reorder_questions)
-            curve = reorder_curve(retrieved[::step][: a.reorder_questions], Reader(ctx, a), a)
+            step = max(1, len(qs) // a.reorder_questions)
+            rq = qs[::step][: a.reorder_questions]
+            # Own (smaller) chunks so that 40 passages still fit a short reader prompt.
+            r_retrieved, r_ctx = retrieve(set_name, docs, rq, a, max(a.reorder_ns), chunk_tokens=a.reorder_chunk_tokens)
+            curve = reorder_curve(r_retrieved, Reader(r_ctx, a), a)
     print()
     for t in tables:
         print(t)
         print()
     if curve:
-        print(f"Reorder: F1 vs passages given to the reader (squad-long, {a.reorder_questions} questions)")
+        print(f"Reorder: F1 vs passages given to the reader (squad-long, {a.reorder_questions} questions, {a.reorder_chunk_tokens}-token chunks)")
         print(curve)
     print(f"\ntotal {time.perf_counter() - t_all:.0f}s")
     return 0
