@@ -111,9 +111,9 @@ def test_encoded_weights_align_with_identifiers(tiny_lm_dir: Path) -> None:
 def test_few_steps_lower_the_loss(tiny_lm_dir: Path) -> None:
     tok, model = _tok_model(tiny_lm_dir)
     exs = _examples()
-    losses = train(model, tok, exs, steps=12, lr=3e-3, batch_size=2, word_budget=20, seed=0)
-    assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
-    assert losses[-1] < 0.7 * losses[0]
+    losses = train(model, tok, exs, steps=6, lr=3e-3, batch_size=1, word_budget=5, seed=0)
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_train_rejects_bad_arguments(tiny_lm_dir: Path) -> None:
