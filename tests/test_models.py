@@ -215,3 +215,19 @@ def test_hub_dtype_setting_reaches_the_model(tmp_path: Path, tiny_lm_dir: Path) 
     assert model.dtype == torch.bfloat16
     auto, _ = ModelHub(cache_dir=tmp_path).causal_lm(str(tiny_lm_dir))
     assert str(auto.dtype) == f"torch.{resolve_dtype('auto', 'causal_lm', 'cpu')}"
+
+
+def test_verify_pack_checks_the_pin(enc_copy: Path) -> None:
+    good = _hf_pack(enc_copy, _sha(enc_copy / "model.safetensors"))
+    assert P.verify_pack(good) == enc_copy / "model.safetensors"
+    with pytest.raises(P.ChecksumMismatchError):
+        P.verify_pack(_hf_pack(enc_copy, "e" * 64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"])
+def test_installed_pack_files_match_their_pins(name: str) -> None:
+    st = P.pack_status(name)
+    if not st.installed:
+        pytest.skip(f"{name} not installed: {st.problem}")
+    P.verify_pack(P.get_pack(name))

