@@ -106,7 +106,7 @@ def build_workload(args: argparse.Namespace) -> dict:
     return {"docs": docs, "speed": speed, "needle": needle, "squad": squad, "doc_tokens": lengths}
 
 
-def reader_config(key: str, model: str, budget: int) -> dict:
+def reader_config(key: str, model: str, budget: int, refrag_projector: str = "default") -> dict:
     """Pipeline config of one reader, all with the same model and comparable budgets."""
     if key == "reader.hf":
         stages = [
@@ -117,6 +117,8 @@ def reader_config(key: str, model: str, budget: int) -> dict:
         stages = [{"key": key, "params": {"model": model, "max_context_tokens": 32768}}]
     elif key == "reader.retrolm":
         stages = [{"key": key, "params": {"model": model, "budget_tokens": budget}}]
+    elif key == "reader.refrag":
+        stages = [{"key": key, "params": {"model": model, "projector": refrag_projector}}]
     else:
         stages = [{"key": key, "params": {"model": model}}]
     for s in stages:
@@ -189,7 +191,9 @@ def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
     }
 
 
-def worker(key: str, work_path: Path, out_path: Path, model: str, budget: int, threads: int, dtype: str) -> None:
+def worker(
+    key: str, work_path: Path, out_path: Path, model: str, budget: int, threads: int, dtype: str, refrag_projector: str
+) -> None:
     """Run every measurement for one reader; write the results as JSON."""
     import torch
 
@@ -202,7 +206,7 @@ def worker(key: str, work_path: Path, out_path: Path, model: str, budget: int, t
     sampler = RssSampler()
     result: dict = {"reader": key, "speed": [], "needle": [], "squad": []}
     with tempfile.TemporaryDirectory(prefix="kv-readers-") as tmp:
-        pipe = Pipeline.from_config(reader_config(key, model, budget))
+        pipe = Pipeline.from_config(reader_config(key, model, budget, refrag_projector))
         index_dir = Path(tmp) / "index"
         t0 = time.perf_counter()
         pipe.index([Document(**d) for d in work["docs"]], index_dir, show_progress=False)
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--squad-articles", type=int, default=2)
     ap.add_argument("--squad-questions", type=int, default=4, help="questions per article")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refrag-projector", default="default", help="reader.refrag projector ('random' for timing only)")
     ap.add_argument(
         "--dtype", default="float32", help="model dtype for every reader (bf16 matmuls are ~4x slower than fp32 on CPUs without avx512_bf16)"
     )
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.work, args.out, args.model, args.budget, args.threads, args.dtype)
+        worker(args.worker, args.work, args.out, args.model, args.budget, args.threads, args.dtype, args.refrag_projector)
         return 0
     if args.quick:
         args.lengths, args.needle_lengths, args.depths = [1024, 4096], [4096], [0.25, 0.75]
@@ -342,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in readers:
             out = Path(tmp) / f"{key}.json"
             cmd = [sys.executable, __file__, "--worker", key, "--work", str(work_path), "--out", str(out),
-                   "--model", args.model, "--budget", str(args.budget), "--threads", str(args.threads), "--dtype", args.dtype]
+                   "--model", args.model, "--budget", str(args.budget), "--threads", str(args.threads), "--dtype", args.dtype,
+                   "--refrag-projector", args.refrag_projector]
             err = open(Path(tmp) / f"{key}.err", "w")
             procs.append((key, out, subprocess.Popen(cmd, cwd=ROOT, stderr=err, text=True), err, time.perf_counter()))
             if not args.parallel:
