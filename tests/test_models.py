@@ -231,3 +231,13 @@ def test_installed_pack_files_match_their_pins(name: str) -> None:
     if not st.installed:
         pytest.skip(f"{name} not installed: {st.problem}")
     P.verify_pack(P.get_pack(name))
+
+
+def test_hub_encoder_is_loaded_once(hub: ModelHub, tiny_encoder_dir: Path) -> None:
+    import numpy as np
+
+    enc = hub.encoder(str(tiny_encoder_dir))
+    assert hub.encoder(str(tiny_encoder_dir)) is enc
+    vecs = enc.encode(["the capital of Freedonia", "Zorbatown"], kind="query")
+    assert vecs.shape == (2, 32) and vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
