@@ -155,11 +155,18 @@ def test_budget_respected_and_recent_pages_always_selected(hub, tiny_lm_dir: Pat
 
 
 def test_select_pages_takes_best_scores_within_budget(hub, tiny_lm_dir: Path) -> None:
-    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, recent_pages=1)
     lengths = [16] * 9 + [5]
     scores = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.0, 0.7, 0.3, 0.6, 0.05, 0.0])
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, recent_pages=1, follow_pages=0)
     # recent page 9 (5 tokens) + 1, 3, 5 (48 tokens) = 53; page 7 would overflow 64.
     assert r.select_pages(lengths, scores) == [1, 3, 5, 9]
+    # With a follower per page: 1 then 2, 3 (its follower 4 no longer fits), then nothing fits.
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, recent_pages=1, follow_pages=1)
+    assert r.select_pages(lengths, scores) == [1, 2, 3, 9]
+    # A page first kept as a follower still brings its own follower when its score comes up.
+    r = _reader(tiny_lm_dir, page_size=10, budget_tokens=40, recent_pages=0, follow_pages=1)
+    # (then the budget left goes to the best of the rest: page 0 on ties)
+    assert r.select_pages([10] * 8, torch.tensor([0, 0, 0.9, 0.8, 0, 0, 0, 0])) == [0, 2, 3, 4]
     assert r.select_pages([16, 16], None) == [0, 1]  # fits: everything, no scores needed
 
 

@@ -20,8 +20,9 @@ description (no official code exists):
    (``q_proj`` outputs, before rotation) are compared with each page's summary keys
    (``mean_key``: q·mean; ``quest``: the Quest upper bound Σ max(q·min, q·max)); per layer and
    head the page scores are softmaxed over pages and averaged.
-5. **Selects** the last ``recent_pages`` pages (nearest the question) plus the best-scored pages
-   within ``budget_tokens`` document tokens, and decodes greedily attending only to
+5. **Selects** the last ``recent_pages`` pages (nearest the question) plus the best-scored pages,
+   each followed by ``follow_pages`` next pages (a fact cut by a page end stays whole), within
+   ``budget_tokens`` document tokens, and decodes greedily attending only to
    sink + selected pages + question. ``positions="compact"`` re-rotates the selected pages to
    contiguous positions after the sink; ``"original"`` keeps each page at its place in the
    document (requires the whole document to fit in the model's window).
@@ -90,8 +91,13 @@ class RetroLMParams(Params):
     sink_tokens: int = Field(default=0, description="first document tokens always kept with the prompt prefix")
     local_pages: int = Field(default=4, description="previous pages each page attends to during prefill")
     recent_pages: int = Field(default=1, description="last pages of the document always selected")
+    follow_pages: int = Field(
+        default=1, description="pages after each selected page also kept (budget permitting): facts cross page ends"
+    )
     positions: Literal["compact", "original"] = Field(default="compact", description="decode positions of pages")
-    scorer: Literal["mean_key", "quest"] = Field(default="mean_key", description="page scorer")
+    # quest by default: on a 4k-token needle the mean key missed the page holding the fact and the
+    # channel-wise upper bound found it (benchmarks/kv_readers.py).
+    scorer: Literal["mean_key", "quest"] = Field(default="quest", description="page scorer")
     score_layers: list[int] | None = Field(default=None, description="layers whose queries score pages; None = all")
     max_new_tokens: int = Field(default=32, description="greedy decoding length")
     instruction: str = Field(default=DEFAULT_INSTRUCTION, description="instruction before the document")
@@ -121,7 +127,7 @@ class RetroLMParams(Params):
             raise ValueError(f"{info.field_name} must be > 0, got {v}")
         return v
 
-    @field_validator("sink_tokens", "local_pages", "recent_pages")
+    @field_validator("sink_tokens", "local_pages", "recent_pages", "follow_pages")
     @classmethod
     def _non_negative(cls, v: int, info: Any) -> int:
         if v < 0:
@@ -527,10 +533,17 @@ class RetroLMReader(Stage):
         if scores is None:
             raise ValueError("scores are needed when the pages exceed the budget")
         for i in sorted(range(n), key=lambda j: (-float(scores[j]), j)):
-            if i in chosen or lengths[i] > left:
-                continue
-            chosen.add(i)
-            left -= lengths[i]
+            if i not in chosen:
+                if lengths[i] > left:
+                    continue
+                chosen.add(i)
+                left -= lengths[i]
+            # Then the pages that continue it (even when it was already kept as another page's
+            # follower): a fact cut by a page end stays whole.
+            for j in range(i + 1, min(n, i + 1 + p.follow_pages)):
+                if j not in chosen and lengths[j] <= left:
+                    chosen.add(j)
+                    left -= lengths[j]
         return sorted(chosen)
 
     # ----------------------------------------------------------------- decode
