@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-ablation"), help="index dirs land here")
     ap.add_argument("--model", default="qwen2.5-0.5b-instruct", help="reranker, compressor and reader model")
-    ap.add_argument("--rows", nargs="+", default=ROWS, choices=ALL_ROWS)
+    ap.add_argument("--rows", nargs="*", default=ROWS, choices=ALL_ROWS)
     ap.add_argument("--tuned-model", default=None, help="model dir for the 'fullrank-tuned' row (e.g. from longread train fullrank)")
     ap.add_argument("--squad-articles", type=int, default=10)
     ap.add_argument("--squad-questions", type=int, default=12)
