@@ -18,7 +18,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 
 def _fmt(xs: list[float]) -> str:
@@ -113,6 +112,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smollm2 only, fewer repeats")
     ap.add_argument("--no-convert", action="store_true", help="skip the (slow) first-conversion measurement")
+    ap.add_argument("--lm", action="append", help="causal LM pack(s) to measure (default: by --quick)")
+    ap.add_argument("--no-encoder", action="store_true", help="skip the encoder measurement")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=16)
     args = ap.parse_args()
@@ -124,6 +125,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
     lms = ["smollm2-135m-instruct"] if args.quick else ["smollm2-135m-instruct", "qwen2.5-0.5b-instruct"]
+    lms = args.lm or lms
     repeats = 2 if args.quick else 3
     print("\n== pack conversion vs cached load ==")
     if args.no_convert:
@@ -134,8 +136,9 @@ def main() -> None:
     print("\n== causal LM greedy generation, bf16 vs fp32 ==")
     for name in lms:
         bench_lm(name, args.prompt_tokens, args.new_tokens, repeats)
-    print("\n== encoder, fp32 vs bf16 ==")
-    bench_encoder(64 if args.quick else 256, repeats)
+    if not args.no_encoder:
+        print("\n== encoder, fp32 vs bf16 ==")
+        bench_encoder(64 if args.quick else 256, repeats)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from longread.models import ModelHub
 from longread.pipelines.store import CorpusStore
-from longread.readers.generate import Generation, chat_prompts, generate, stop_token_ids
+from longread.readers.generate import chat_prompts, generate, stop_token_ids
 from longread.readers.hf import HFReader, LongContextReader, clean_answer, head_tail
 from longread.stage import RunContext
 from longread.types import Chunk, Document, Passage, QAState, Question
