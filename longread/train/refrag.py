@@ -313,7 +313,7 @@ def train_projector(
             opt.step()
             sched.step()
             steps[stage] += 1
-            acc += float(loss)
+            acc += float(loss.detach())
             acc_n += 1
             if acc_n == cfg.log_every or t == n_steps - 1:
                 point = {
