@@ -66,7 +66,12 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_PROJECTORS: dict[tuple[str, str, int], str] = {
     ("all-minilm-l6-v2", "smollm2-135m-instruct", 16): "refrag_projector_minilm_smollm2_k16.safetensors",
 }
-"""Projectors shipped in ``longread/assets``: (encoder, model, k) -> file name."""
+"""Where shipped projectors live in ``longread/assets``: (encoder, model, k) -> file name.
+
+A missing file means none ships (yet): ``projector: default`` then raises with the command to
+train one. The CPU training run of this release did not beat the untrained projector on held-out
+reconstruction, so it was not shipped (see the module docstring of ``longread.train.refrag``).
+"""
 
 PROMPT = (
     "Answer the question using the context. Give a short answer.\n\n"
@@ -151,7 +156,9 @@ def resolve_projector_path(projector: str, *, encoder: str, model: str, k: int) 
     if projector == "default":
         name = SHIPPED_PROJECTORS.get((encoder, model, k))
         if name is None or not (ASSETS_DIR / name).is_file():
-            shipped = ", ".join(f"{e}+{m} k={kk}" for (e, m, kk) in SHIPPED_PROJECTORS) or "none"
+            shipped = ", ".join(
+                f"{e}+{m} k={kk}" for (e, m, kk), f in SHIPPED_PROJECTORS.items() if (ASSETS_DIR / f).is_file()
+            ) or "none"
             raise FileNotFoundError(
                 f"no trained REFRAG projector ships for encoder={encoder!r} model={model!r} k={k} "
                 f"(shipped: {shipped}); {hint}"
