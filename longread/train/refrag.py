@@ -354,7 +354,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m-instruct", help="decoder (hub name or HF dir)")
     p.add_argument("--encoder", default="all-minilm-l6-v2", help="chunk encoder (hub name or dir)")
     p.add_argument("--k", type=int, default=16, help="tokens per chunk (default 16)")
-    p.add_argument("--data", default="../shared/data", help="data dir with squad/ and paul_graham/")
+    p.add_argument("--data", required=True, help="data dir with squad/ (SQuAD v1.1 dev JSON) and/or paul_graham/essays/")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
     p.add_argument("--windows", type=int, default=600, help="training windows to embed (default 600)")
     p.add_argument("--eval-windows", type=int, default=40, help="held-out windows (default 40)")
