@@ -354,9 +354,6 @@ def main(argv: list[str] | None = None) -> int:
             r_retrieved, r_ctx = retrieve(set_name, docs, rq, a, max(a.reorder_ns), chunk_tokens=a.reorder_chunk_tokens)
             curve = reorder_curve(r_retrieved, Reader(r_ctx, a), a)
     print()
-    for t in tables:
-        print(t)
-        print()
     if curve:
         print(f"Reorder: F1 vs passages given to the reader (squad-long, {a.reorder_questions} questions, {a.reorder_chunk_tokens}-token chunks)")
         print(curve)
