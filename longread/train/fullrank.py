@@ -209,7 +209,7 @@ def build_examples(
     articles: tuple[int, int] = (24, 48),
     seed: int = 0,
 ) -> list[RankExample]:
-    """Training examples from ``../shared/data``-style folders.
+    """Training examples from a data folder laid out like ``../shared/data`` (squad/, hotpotqa/).
 
     ``source``: ``squad`` (paragraphs of SQuAD v1.1 dev articles ``articles[0]:articles[1]``;
     candidates = BM25 top ``candidates`` over the question's article) or ``hotpotqa`` (the
@@ -353,7 +353,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--source", choices=["squad", "hotpotqa"], default="squad", help="built-in data source")
     src.add_argument("--train-file", help='JSONL of {"query", "passages": [...], "order": [...]}')
-    p.add_argument("--data", default=None, help="shared data dir (default: ../shared/data from the repo root)")
+    p.add_argument("--data", default=None, help="data dir with squad/ or hotpotqa/ (needed unless --train-file)")
     p.add_argument("--labels", choices=["containment", "overlap"], default="containment")
     p.add_argument("--max-queries", type=int, default=300)
     p.add_argument("--candidates", type=int, default=10, help="candidates per query (default %(default)s)")
@@ -368,10 +368,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _default_data_dir() -> Path:
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the data, fine-tune, save; returns 0. Raises ``ValueError`` on bad arguments."""
     import torch
@@ -383,7 +379,9 @@ def run(args: argparse.Namespace) -> int:
     if args.train_file:
         examples = load_examples_jsonl(args.train_file)[: args.max_queries]
     else:
-        data = Path(args.data) if args.data else _default_data_dir()
+        if not args.data:
+            raise ValueError("pass --data DIR (with squad/ or hotpotqa/) or --train-file FILE")
+        data = Path(args.data)
         if not data.is_dir():
             raise ValueError(f"data dir {str(data)!r} does not exist; pass --data or --train-file")
         examples = build_examples(
