@@ -110,29 +110,51 @@ def _window_chunks(doc: Document, spans: np.ndarray, size: int, overlap: int) ->
     return out
 
 
-def _locate(text: str, piece: str, lo: int) -> tuple[int, int]:
-    """Find ``piece`` in ``text`` at or after ``lo``; allow whitespace to differ if it must."""
+def _locate(text: str, piece: str, lo: int, min_end: int) -> tuple[int, int]:
+    """Where the splitter took ``piece`` from: an occurrence starting at or after ``lo`` and ending
+    after ``min_end`` (the previous chunk's end).
+
+    A short piece can also occur inside the previous chunk (``"δέλταδέλ"`` then ``"τα"``), so the
+    end bound matters; among occurrences that start no later than ``min_end`` (chunks are
+    contiguous or overlap) the latest is taken, else the first after it. Whitespace may differ
+    from the document if it must.
+    """
+    best = None
     i = text.find(piece, lo)
-    if i >= 0:
-        return i, i + len(piece)
+    while i >= 0 and i <= min_end:
+        if i + len(piece) > min_end:
+            best = i
+        i = text.find(piece, i + 1)
+    if best is None and i >= 0:
+        best = i
+    if best is not None:
+        return best, best + len(piece)
     words = piece.split()
     pattern = re.compile(r"\s+".join(re.escape(w) for w in words))
-    m = pattern.search(text, lo)
-    if m is None:
+    found = None
+    for m in pattern.finditer(text, lo):
+        if m.end() <= min_end:
+            continue
+        if m.start() > min_end:
+            found = found or m
+            break
+        found = m
+    if found is None:
         raise ValueError(f"sentence splitter produced text not found in the document: {piece[:80]!r}")
-    return m.start(), m.end()
+    return found.start(), found.end()
 
 
 def _sentence_chunks(doc: Document, splitter: Any) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
-    lo = 0
+    lo, prev_end = 0, 0
     for piece in splitter.split_text(doc.text):
         if not piece.strip():
             continue
-        a, b = _locate(doc.text, piece, lo)
+        a, b = _locate(doc.text, piece, lo, prev_end)
         out.append((a, b))
-        # The next chunk starts after this one's start (overlap makes it start before our end).
-        lo = a + 1
+        # The next chunk starts after this one's start (overlap makes it start before our end)
+        # and ends after this one's end.
+        lo, prev_end = a + 1, b
     return out
 
 
