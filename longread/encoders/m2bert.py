@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import check_kind
+from .base import bert_token_ids, check_kind, padded_batch
 from .weights import load_strict, pick_device, read_config, read_state_dict
 
 __all__ = [
@@ -450,20 +450,7 @@ class M2BertEncoder:
         Raises ``ValueError`` for empty texts or, with ``truncate`` off, over-long ones.
         """
         check_kind(kind)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"text {i} is empty; every text to encode must have content")
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        out = []
-        for i, row in enumerate(ids):
-            if len(row) > self.max_tokens:
-                if not truncate:
-                    raise ValueError(
-                        f"text {i} has {len(row)} tokens, more than max_tokens={self.max_tokens}, and truncate=False"
-                    )
-                row = row[: self.max_tokens - 1] + [row[-1]]
-            out.append(row)
-        return out
+        return bert_token_ids(self.tokenizer, texts, self.max_tokens, truncate=truncate)
 
     @torch.inference_mode()
     def encode(
@@ -487,11 +474,7 @@ class M2BertEncoder:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             L = self.max_tokens if self.padding == "max_length" else max(len(ids[i]) for i in idx)
-            inp = torch.full((len(idx), L), self.pad_id, dtype=torch.long)
-            att = torch.zeros((len(idx), L), dtype=torch.long)
-            for r, i in enumerate(idx):
-                inp[r, : len(ids[i])] = torch.tensor(ids[i])
-                att[r, : len(ids[i])] = 1
+            inp, att = padded_batch(ids, idx, L, self.pad_id)
             emb = self.model(inp.to(self.device), att.to(self.device), mask_padding=self.padding == "longest")
             out[idx] = F.normalize(emb.float(), dim=-1).cpu().numpy()
         return out
