@@ -342,3 +342,19 @@ def test_top_k_ties_and_bounds() -> None:
     assert top_k(s, 10)[0].tolist() == [1, 2, 4, 3, 0]
     assert top_k(s, 2, np.array([4, 0, 2]))[0].tolist() == [2, 4]
     assert len(top_k(s, 0)[0]) == 0
+
+
+def test_dense_leaves_the_process_thread_count_alone(corpus, hub, tiny_encoder_dir, dense_setup) -> None:
+    # faiss and torch share OpenMP's thread setting: faiss_threads=1 must not slow every model in the process.
+    import torch
+
+    index_dir, store = corpus
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stage = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 5, "faiss_threads": 1})
+        stage.setup(RunContext(models=hub, index_dir=index_dir, store=store))
+        assert stage.search(["capital of France"])[0][0].size > 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

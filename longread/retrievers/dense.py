@@ -9,18 +9,22 @@ is scored exactly against just those documents' chunk vectors with numpy (no app
 index involved); an unknown document raises ``KeyError`` naming it. An empty or
 whitespace-only query returns no passages. Ties break by chunk index order.
 
-Threads: ``faiss_threads`` (default 1) is applied with ``faiss.omp_set_num_threads`` in
-``setup``. That is a process-wide faiss setting, so stages in one process share it; on a
-2-core machine one thread answers single queries several times faster than faiss' default
-OpenMP pool (see ``benchmarks/dense_threads.py``); it also applies while building, where
-one thread makes the HNSW graph reproducible. ``None`` leaves faiss' setting alone.
+Threads: ``faiss_threads`` (default 1) is applied with ``faiss.omp_set_num_threads`` around each
+faiss call only (index build and search) and restored after: the OpenMP setting is process-wide and
+torch shares it, so setting it once in ``setup`` made every model in the process (the reader too)
+run on one thread (measured: reader 22 s instead of 13 s per question). On a 2-core machine one
+thread answers single queries several times faster than faiss' default OpenMP pool (see
+``benchmarks/dense_threads.py``); while building, one thread makes the HNSW graph reproducible.
+``None`` leaves the setting alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import field_validator
@@ -61,6 +65,23 @@ def _check_positive(name: str, v: int) -> int:
     if v <= 0:
         raise ValueError(f"{name} must be > 0, got {v}")
     return v
+
+
+
+@contextlib.contextmanager
+def omp_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` OpenMP threads (faiss and torch share the setting); restore after."""
+    if n is None:
+        yield
+        return
+    import faiss
+
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(prev)
 
 
 @register
@@ -138,9 +159,6 @@ class DenseRetriever(Stage):
 
         store = ctx.require_store()
         p = self.params
-        if p.faiss_threads is not None:
-            # Also makes HNSW construction reproducible at 1 thread (parallel inserts race).
-            faiss.omp_set_num_threads(p.faiss_threads)
         encoder = ctx.models.encoder(p.encoder)
         if p.long_docs == "split":
             from ..encoders.longdoc import encode_windows
@@ -150,7 +168,10 @@ class DenseRetriever(Stage):
         else:
             vectors = encoder.encode([c.text for c in store.chunks], kind="document", batch_size=p.batch_size, show_progress=True)
         np.save(out / "vectors.npy", vectors, allow_pickle=False)
-        faiss.write_index(build_faiss_index(vectors, p.index, hnsw_m=p.hnsw_m, ef_construction=p.ef_construction), str(out / "index.faiss"))
+        # One thread also makes HNSW construction reproducible (parallel inserts race).
+        with omp_threads(p.faiss_threads):
+            built = build_faiss_index(vectors, p.index, hnsw_m=p.hnsw_m, ef_construction=p.ef_construction)
+        faiss.write_index(built, str(out / "index.faiss"))
         atomic_write_json(out / "meta.json", {
             "format": FORMAT_VERSION, "encoder": p.encoder, "dim": int(vectors.shape[1]), "n": int(vectors.shape[0]),
             "index": p.index, "hnsw_m": p.hnsw_m, "ef_construction": p.ef_construction,
@@ -187,8 +208,6 @@ class DenseRetriever(Stage):
             raise ValueError(f"{path}: vectors have dim {vectors.shape[1]} but encoder {self.params.encoder!r} gives {encoder.dim}")
         if self.params.index == "hnsw":
             index.hnsw.efSearch = self.params.ef_search
-        if self.params.faiss_threads is not None:
-            faiss.omp_set_num_threads(self.params.faiss_threads)
         self._encoder, self._index, self._vectors, self._store = encoder, index, vectors, store
         self._owner = owner
         doc_index = {d: i for i, d in enumerate(store.documents)}
@@ -217,7 +236,8 @@ class DenseRetriever(Stage):
         free = [j for j, i in enumerate(live) if positions[i] is None]
         if free:
             kk = min(k, self._index.ntotal)
-            sims, ids = self._index.search(np.ascontiguousarray(qv[free]), kk)
+            with omp_threads(self.params.faiss_threads):
+                sims, ids = self._index.search(np.ascontiguousarray(qv[free]), kk)
             for j, s_row, i_row in zip(free, sims, ids):
                 ok = i_row >= 0  # faiss pads with -1 when it finds fewer than kk
                 pos, sc = i_row[ok].astype(np.int64), s_row[ok].astype(np.float64)
