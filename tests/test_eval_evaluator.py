@@ -167,3 +167,15 @@ def test_error_does_not_invent_answer_recall():
     """A run that never measured answer recall keeps it null even when a question errored."""
     m = evaluate([P("q1", "Paris"), P("q2", None, error="boom")], [Q("q1"), Q("q2")])
     assert m["answer_recall"] is None and m["n_errors"] == 1 and m["f1"] == pytest.approx(0.5)
+
+
+def test_a_run_without_passages_has_null_retrieval_metrics() -> None:
+    from longread.types import Prediction, Question
+
+    qs = [Question(id="a", question="q?", answers=["x"], gold_ids=["d1"]), Question(id="b", question="q?", answers=["y"], gold_ids=["d2"])]
+    preds = [Prediction(id="a", answer="x"), Prediction(id="b", answer="z")]
+    m = evaluate(preds, qs)
+    assert m["recall@1"] is None and m["ndcg@10"] is None and m["f1"] == 0.5
+    preds[0] = Prediction(id="a", answer="x", passage_ids=["d1#0"], trace={"passage_doc_ids": ["d1"]})
+    m = evaluate(preds, qs)
+    assert m["recall@1"] == 0.5  # once any question has passages, an empty list is a miss

@@ -155,6 +155,9 @@ def score_predictions(
     reader_ran = any(p.answer is not None for _, p in pairs)
     # Likewise answer recall: an error counts as "not found" only in a run that measures it.
     recall_measured = chunk_texts is not None or any(p.trace.get("answer_in_passages") is not None for _, p in pairs)
+    # A run whose stages never returned a passage (a long-context reader alone) has no ranking:
+    # recall@k and nDCG are null for it, not 0.
+    retrieval_ran = any(p.passage_ids for _, p in pairs)
     rows = []
     for q, p in pairs:
         failed = p.error is not None
@@ -192,7 +195,7 @@ def score_predictions(
                 f"prediction {p.id!r}: trace['passage_doc_ids'] must be a list parallel to passage_ids "
                 f"({len(p.passage_ids)} ids), got {doc_ids!r}"
             )
-        if q.gold_ids:
+        if q.gold_ids and retrieval_ran:
             gold = set(q.gold_ids)
             ranked = _ranking_ids(p.passage_ids, doc_ids, gold) if not failed else []
             for k in ks:
