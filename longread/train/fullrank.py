@@ -209,7 +209,7 @@ def build_examples(
     articles: tuple[int, int] = (24, 48),
     seed: int = 0,
 ) -> list[RankExample]:
-    """Training examples from a data folder laid out like ``../shared/data`` (squad/, hotpotqa/).
+    """Training examples from a data folder with ``squad/`` and/or ``hotpotqa/`` (the public QA sets).
 
     ``source``: ``squad`` (paragraphs of SQuAD v1.1 dev articles ``articles[0]:articles[1]``;
     candidates = BM25 top ``candidates`` over the question's article) or ``hotpotqa`` (the
