@@ -341,18 +341,19 @@ class _RerankParams(Params):
     batch_size: int = 4
     keep: int | None = None
 
-    @field_validator("top_n", "word_budget", "batch_size")
+    # check_fields=False: the same checks cover the window/stride/max_new_tokens fields subclasses add.
+    @field_validator("top_n", "word_budget", "batch_size", "window", "stride", check_fields=False)
     @classmethod
     def _positive(cls, v: int, info: Any) -> int:
         if v <= 0:
             raise ValueError(f"{info.field_name} must be > 0, got {v}")
         return v
 
-    @field_validator("keep")
+    @field_validator("keep", "max_new_tokens", check_fields=False)
     @classmethod
-    def _keep(cls, v: int | None) -> int | None:
+    def _positive_or_null(cls, v: int | None, info: Any) -> int | None:
         if v is not None and v <= 0:
-            raise ValueError(f"keep must be > 0 or null, got {v}")
+            raise ValueError(f"{info.field_name} must be > 0 or null, got {v}")
         return v
 
     @field_validator("model")
@@ -430,13 +431,6 @@ class FullRankReranker(_ListwiseStage):
         top_n: int = 20
         max_new_tokens: int | None = None
 
-        @field_validator("max_new_tokens")
-        @classmethod
-        def _mnt(cls, v: int | None) -> int | None:
-            if v is not None and v <= 0:
-                raise ValueError(f"max_new_tokens must be > 0 or null, got {v}")
-            return v
-
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         """Rerank every state's passages; see the module docstring for the trace keys."""
         ranker = self.ranker()
@@ -466,20 +460,6 @@ class SlidingWindowReranker(_ListwiseStage):
         window: int = 20
         stride: int = 10
         max_new_tokens: int | None = None
-
-        @field_validator("window", "stride")
-        @classmethod
-        def _pos(cls, v: int, info: Any) -> int:
-            if v <= 0:
-                raise ValueError(f"{info.field_name} must be > 0, got {v}")
-            return v
-
-        @field_validator("max_new_tokens")
-        @classmethod
-        def _mnt(cls, v: int | None) -> int | None:
-            if v is not None and v <= 0:
-                raise ValueError(f"max_new_tokens must be > 0 or null, got {v}")
-            return v
 
         @model_validator(mode="after")
         def _stride(self) -> "SlidingWindowReranker.Params":
