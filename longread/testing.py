@@ -16,8 +16,10 @@ batching, caching, persistence) quickly. Each builds in well under two seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 __all__ = ["TINY_TEXT", "CHATML_TEMPLATE", "tiny_causal_lm_dir", "tiny_encoder_dir"]
 
@@ -63,14 +65,14 @@ def _corpus(repeat: int = 3) -> list[str]:
     return lines * repeat
 
 
-def _seeded(seed: int):
-    """A context that seeds torch for model init without disturbing the caller's RNG state."""
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch for model init without disturbing the caller's RNG state."""
     import torch
 
-    ctx = torch.random.fork_rng(devices=[])
-    ctx.__enter__()
-    torch.manual_seed(seed)
-    return ctx
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def tiny_causal_lm_dir(path: str | Path, *, seed: int = 0, vocab_size: int = 600) -> Path:
@@ -130,11 +132,8 @@ def tiny_causal_lm_dir(path: str | Path, *, seed: int = 0, vocab_size: int = 600
         pad_token_id=pad_id,
         torch_dtype="float32",
     )
-    ctx = _seeded(seed)
-    try:
+    with _seeded(seed):
         model = Qwen2ForCausalLM(config)
-    finally:
-        ctx.__exit__(None, None, None)
     model.eval()
     model.generation_config = GenerationConfig(
         eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=pad_id, do_sample=False
@@ -190,11 +189,8 @@ def tiny_encoder_dir(path: str | Path, *, seed: int = 0, vocab_size: int = 500) 
         pad_token_id=hf_tok.pad_token_id,
         torch_dtype="float32",
     )
-    ctx = _seeded(seed)
-    try:
+    with _seeded(seed):
         model = BertModel(config)
-    finally:
-        ctx.__exit__(None, None, None)
     model.eval()
     model.save_pretrained(path)
     hf_tok.save_pretrained(path)
