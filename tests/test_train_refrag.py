@@ -126,3 +126,40 @@ def test_cli_run_writes_a_projector_the_reader_loads(tmp_path, hub, tiny_lm_dir,
 def test_missing_data_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="no training text"):
         load_training_texts(tmp_path)
+
+
+def test_embedding_matched_init_puts_outputs_at_the_decoder_embedding_scale():
+    torch.manual_seed(0)
+    rows = torch.randn(1000, 48) * 0.1 + torch.linspace(-1, 1, 48)  # a common offset, like real vocabularies
+    x = torch.nn.functional.normalize(torch.randn(500, 32), dim=1)  # L2-normalised encoder vectors
+    plain = Projector.make(32, 48, seed=3)
+    matched = Projector.make(32, 48, seed=3, embeddings=rows)
+    with torch.no_grad():
+        out_plain, out = plain(x), matched(x)
+    row_norm = float(rows.norm(dim=1).mean())
+    assert abs(float(out.norm(dim=1).mean()) / row_norm - 1) < 0.1
+    assert float(out_plain.norm(dim=1).mean()) < 0.5 * row_norm  # PyTorch's init: far too small
+    # Centred on the mean row, spread like the rows around it, and still input-dependent.
+    assert torch.allclose(out.mean(0), rows.mean(0), atol=0.03)
+    spread = float((rows - rows.mean(0)).std())
+    assert 0.7 < float((out - out.mean(0)).std()) / spread < 1.3
+    # Deterministic for a seed; the format (parameter names) is unchanged.
+    again = Projector.make(32, 48, seed=3, embeddings=rows)
+    assert all(torch.equal(a, b) for a, b in zip(matched.state_dict().values(), again.state_dict().values()))
+    assert set(matched.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    with pytest.raises(ValueError, match="shape"):
+        Projector.make(32, 48, embeddings=torch.zeros(10, 47))
+
+
+def test_lr_factor_warms_up_decays_and_follows_the_wall_clock_budget():
+    from longread.train.refrag import lr_factor
+
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 10_000, 10) == pytest.approx(1.0, abs=0.01)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.1)
+    mid = lr_factor(50, 100, 10)
+    assert 0.5 < mid < 0.6
+    # A run whose time budget is half spent is half-way down the cosine whatever its step count.
+    assert lr_factor(20, 100_000, 10, elapsed=30.0, budget=60.0) == pytest.approx(mid)
+    assert lr_factor(20, 100_000, 10, elapsed=90.0, budget=60.0) == pytest.approx(0.1)
+    assert lr_factor(20, 100_000, 10, elapsed=90.0, budget=None) == pytest.approx(1.0, abs=0.01)

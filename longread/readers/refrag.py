@@ -108,21 +108,46 @@ class Projector:  # built lazily as a torch module; see ``make``
     than a module-level ``nn.Module`` subclass so that importing this file does not import torch.
     """
 
+    GELU_MEAN: ClassVar[float] = 0.2826
+    """E[GELU(z)] for z ~ N(0, 1)."""
+    GELU_SQ: ClassVar[float] = 0.4263
+    """E[GELU(z)^2] for z ~ N(0, 1)."""
+
     @staticmethod
-    def make(in_dim: int, out_dim: int, hidden: int | None = None, *, seed: int = 0):
-        """Return a freshly initialised projector (fp32, deterministic for ``seed``)."""
+    def make(in_dim: int, out_dim: int, hidden: int | None = None, *, seed: int = 0, embeddings: Any = None):
+        """Return a freshly initialised projector (fp32, deterministic for ``seed``).
+
+        Without ``embeddings`` the layers keep PyTorch's default init. That init assumes inputs
+        with unit-variance coordinates; an L2-normalised 384-d encoder vector has coordinates of
+        variance 1/384, so the output is nearly the constant last-layer bias, with a norm of ~0.6
+        where SmolLM2-135M's token-embedding rows have ~3.2 (measured). Pass the decoder's
+        input-embedding matrix ``(vocab, out_dim)`` as ``embeddings`` to start instead where the
+        decoder expects its inputs: first-layer pre-activations ~N(0, 1) for unit-norm inputs,
+        and outputs centred on the mean embedding row with the rows' per-coordinate spread.
+        """
         torch = _torch()
         if in_dim <= 0 or out_dim <= 0:
             raise ValueError(f"projector dims must be > 0, got in_dim={in_dim} out_dim={out_dim}")
         hidden = hidden or out_dim
+        if embeddings is not None and tuple(embeddings.shape[1:]) != (out_dim,):
+            raise ValueError(f"embeddings must have shape (vocab, {out_dim}), got {tuple(embeddings.shape)}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = torch.nn.Sequential(
                 torch.nn.Linear(in_dim, hidden),
                 torch.nn.GELU(),
                 torch.nn.Linear(hidden, out_dim),
-            )
-        return net.float()
+            ).float()
+            if embeddings is not None:
+                rows = embeddings.detach().float().cpu()
+                mean = rows.mean(0)
+                spread = float((rows - mean).std())
+                with torch.no_grad():
+                    net[0].weight.normal_(0.0, 1.0)
+                    net[0].bias.zero_()
+                    net[2].weight.normal_(0.0, spread / math.sqrt(hidden * Projector.GELU_SQ))
+                    net[2].bias.copy_(mean - net[2].weight.sum(1) * Projector.GELU_MEAN)
+        return net
 
 
 def save_projector(net: Any, path: str | Path, meta: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "embed_windows",
     "compressed_lm_loss",
     "evaluate",
+    "lr_factor",
     "train_projector",
     "add_parser",
     "run",
@@ -254,6 +255,20 @@ def evaluate(model: Any, projector: Any, windows: list[list[int]], embs: Any, cf
     return out
 
 
+def lr_factor(step: int, total: int, warmup: int, elapsed: float = 0.0, budget: float | None = None) -> float:
+    """Multiplier of the peak learning rate: linear warm-up, then cosine decay to 0.1.
+
+    Progress is the larger of ``step / total`` and ``elapsed / budget`` (when a wall-clock
+    ``budget`` in seconds is set), so a run cut short by its budget still decays its rate instead
+    of stopping at the peak.
+    """
+    done = step / max(1, total)
+    if budget:
+        done = max(done, elapsed / budget)
+    done = min(1.0, done)
+    return min(1.0, (step + 1) / max(1, warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
 def train_projector(
     model: Any,
     projector: Any,
@@ -267,8 +282,11 @@ def train_projector(
 
     ``windows`` are token windows of ``cfg.window_chunks * cfg.k`` tokens and ``embs`` their chunk
     embeddings ``(n, window_chunks, dim)``. The decoder's parameters are frozen here. Stops a stage
-    early when ``cfg.minutes`` (split by ``cfg.stage1_share``) runs out. ``log`` (optional) is
-    called with each curve point. Returns ``{"curve": [...], "steps": {...}, "seconds": ...}``.
+    early when ``cfg.minutes`` (split by ``cfg.stage1_share``) runs out; with such a budget the
+    curriculum phases and the learning-rate decay follow elapsed time as well as steps, so a run
+    cut short still reaches the largest ``s`` and a decayed rate. ``log`` (optional) is
+    called with each curve point. Returns ``{"curve": [...], "steps": {...}, "target_tokens": n,
+    "seconds": ...}`` (``target_tokens``: scored target tokens over all steps).
     """
     import torch
 
@@ -284,12 +302,9 @@ def train_projector(
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=0.01)
     total = cfg.stage1_steps + cfg.stage2_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda t: min(1.0, (t + 1) / max(1, cfg.warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t / max(1, total))))),
-    )
     curve: list[dict[str, Any]] = []
     steps = {"stage1": 0, "stage2": 0}
+    target_tokens = 0
     t_start = time.perf_counter()
     budget = None if cfg.minutes is None else cfg.minutes * 60.0
     budgets = {
@@ -300,10 +315,17 @@ def train_projector(
     for stage, n_steps in (("stage1", cfg.stage1_steps), ("stage2", cfg.stage2_steps)):
         acc, acc_n = 0.0, 0
         for t in range(n_steps):
-            if budgets[stage] is not None and time.perf_counter() - t_start > budgets[stage]:
+            elapsed = time.perf_counter() - t_start
+            if budgets[stage] is not None and elapsed > budgets[stage]:
                 break
+            lr = cfg.lr * lr_factor(steps["stage1"] + steps["stage2"], total, cfg.warmup, elapsed, budget)
+            for group in opt.param_groups:
+                group["lr"] = lr
             if stage == "stage1":
-                phase = min(n_phase - 1, t * n_phase // max(1, n_steps))
+                done = t / max(1, n_steps)
+                if budgets[stage] is not None:
+                    done = max(done, elapsed / budgets[stage])
+                phase = min(n_phase - 1, int(done * n_phase))
                 s = rng.choice(cfg.curriculum[: phase + 1])
                 bsz = max(1, cfg.tokens_per_batch // (s * cfg.k))
                 idx = rng.sample(range(len(windows)), min(bsz, len(windows)))
@@ -318,8 +340,8 @@ def train_projector(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
             opt.step()
-            sched.step()
             steps[stage] += 1
+            target_tokens += int(tgt.numel())
             acc += float(loss.detach())
             acc_n += 1
             if acc_n == cfg.log_every or t == n_steps - 1:
@@ -328,7 +350,7 @@ def train_projector(
                     "step": steps[stage],
                     "s": s,
                     "loss": acc / acc_n,
-                    "lr": sched.get_last_lr()[0],
+                    "lr": lr,
                     "seconds": round(time.perf_counter() - t_start, 1),
                 }
                 curve.append(point)
@@ -336,7 +358,7 @@ def train_projector(
                     log(point)
                 acc, acc_n = 0.0, 0
     projector.eval()
-    return {"curve": curve, "steps": steps, "seconds": time.perf_counter() - t_start}
+    return {"curve": curve, "steps": steps, "target_tokens": target_tokens, "seconds": time.perf_counter() - t_start}
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +386,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-chunks", type=int, default=8, help="largest curriculum size s (default 8)")
     p.add_argument("--target-tokens", type=int, default=32, help="stage-2 tokens to predict (default 32)")
     p.add_argument("--tokens-per-batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps (default 20)")
+    p.add_argument("--stage1-share", type=float, default=0.7, help="share of --minutes for stage 1 (default 0.7)")
+    p.add_argument(
+        "--init",
+        choices=["embeddings", "default"],
+        default="embeddings",
+        help="projector init: 'embeddings' (outputs start at the scale of the decoder's token embeddings; "
+        "default) or 'default' (PyTorch's, whose outputs are ~5x too small for smollm2)",
+    )
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for training (both stages)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -388,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
         target_tokens=args.target_tokens,
         tokens_per_batch=args.tokens_per_batch,
         lr=args.lr,
+        warmup=args.warmup,
+        stage1_share=args.stage1_share,
         minutes=args.minutes,
         seed=args.seed,
     )
@@ -414,7 +447,8 @@ def run(args: argparse.Namespace) -> int:
     t_embed = time.perf_counter() - t0
     print(f"[refrag] embedded {train_e.shape[0] * train_e.shape[1] + eval_e.shape[0] * eval_e.shape[1]} chunks, {t_embed:.0f}s since start", flush=True)
     hidden = int(model.get_input_embeddings().weight.shape[1])
-    projector = Projector.make(int(encoder.dim), hidden, seed=cfg.seed).to(args.device)
+    emb_rows = model.get_input_embeddings().weight if args.init == "embeddings" else None
+    projector = Projector.make(int(encoder.dim), hidden, seed=cfg.seed, embeddings=emb_rows).to(args.device)
     before = evaluate(model, projector, eval_w, eval_e, cfg)
     print(f"[refrag] held-out before: {json.dumps(before)}", flush=True)
     hist = train_projector(model, projector, train_w, train_e, cfg, log=lambda p: print(f"[refrag] {json.dumps(p)}", flush=True))
@@ -428,6 +462,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "k": cfg.k,
         "trained_parts": "projector only (2-layer MLP, GELU); decoder and encoder frozen",
+        "init": args.init,
         "data": {
             "source": str(args.data),
             "texts": "SQuAD v1.1 dev contexts (one text per article) + Paul Graham essays",
@@ -436,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
             "train_windows": len(train_w),
             "eval_windows": len(eval_w),
             "window_tokens": cfg.window_chunks * cfg.k,
-            "train_tokens_seen": None,
+            "train_target_tokens_seen": hist["target_tokens"],
         },
         "config": asdict(cfg),
         "steps": hist["steps"],
