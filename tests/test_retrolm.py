@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -217,8 +220,10 @@ def test_second_question_reuses_page_kv_without_prefill(hub, tiny_lm_dir: Path, 
     pages = r.stats["pages_prefilled"]
     assert pages == first.trace["pages_total"] and r.stats["documents_prefilled"] == 1
     assert first.trace["prefill_reused"] is False
-    files = list((tmp_path / "retrolm").rglob("*.safetensors"))
-    assert len(files) == 1
+    metas = list((tmp_path / "retrolm").rglob("meta.safetensors"))
+    assert len(metas) == 1  # one dir per document: its meta file and one file per page
+    assert len(list(metas[0].parent.glob("page-*.safetensors"))) == pages
+    assert not list((tmp_path / "retrolm").rglob("*.tmp"))  # the temp dir was renamed into place
     second = _ask(r, "q2", "How long is the Nile?", ["d"])
     assert r.stats["pages_prefilled"] == pages and r.stats["documents_prefilled"] == 1
     assert second.trace["prefill_reused"] is True
@@ -263,6 +268,29 @@ def test_cache_key_depends_on_page_size_dtype_and_text(tiny_lm_dir: Path, tmp_pa
     assert r.cache_key(text) == keys[0]
 
 
+def test_cache_of_an_older_format_is_not_read_but_rebuilt(
+    hub, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import longread.readers.retrolm as retrolm
+
+    text = _text(6)
+    docs = [Document(id="d", text=text)]
+    r = _reader(tiny_lm_dir)
+    r.setup(_ctx(hub, docs, tmp_path))
+    new_key = r.cache_key(text)
+    monkeypatch.setattr(retrolm, "FORMAT_VERSION", 1)
+    old_key = r.cache_key(text)
+    assert old_key != new_key  # the format version is part of the key
+    # A format-1 cache (one file per document, named by the old key) beside it is left alone.
+    old_file = tmp_path / "retrolm" / r._cache_root.name / f"{old_key}.safetensors"
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b"format 1 page KV")
+    monkeypatch.setattr(retrolm, "FORMAT_VERSION", 2)
+    s = _ask(r, "q", "What is the capital of Freedonia?", ["d"])
+    assert s.trace["prefill_reused"] is False and r.stats["disk_hits"] == 0
+    assert _doc_dir(tmp_path).name == new_key and old_file.read_bytes() == b"format 1 page KV"
+
+
 def test_precomputed_index_part_is_used(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
     docs = [Document(id="a", text=_text(5)), Document(id="b", text=_text(7), title="Facts")]
     r = _reader(tiny_lm_dir, precompute=True)
@@ -273,7 +301,7 @@ def test_precomputed_index_part_is_used(hub, tiny_lm_dir: Path, tmp_path: Path) 
     index_dir = tmp_path / "index"
     (index_dir / name).mkdir(parents=True)
     build(_ctx(hub, docs, None), index_dir / name)
-    assert len(list((index_dir / name).glob("*.safetensors"))) == 2
+    assert len(list((index_dir / name).glob("*/meta.safetensors"))) == 2
     q = _reader(tiny_lm_dir, precompute=True)
     q.setup(_ctx(hub, docs, tmp_path / "cache", index_dir=index_dir))
     s = _ask(q, "q", "Which river?", ["b"])
@@ -354,3 +382,243 @@ def test_models_without_static_rotary_positions_are_refused() -> None:
         rope_inv_freq(gpt2)
     with pytest.raises(ValueError, match="must match|angles"):
         rerotate_keys(torch.zeros(2, 3, 8), torch.arange(3), torch.arange(4), torch.ones(4))
+
+
+# ------------------------------------------------- page KV on disk, bounded memory
+def _doc_dir(root: Path) -> Path:
+    (meta,) = list(root.rglob("meta.safetensors"))
+    return meta.parent
+
+
+def test_each_page_file_holds_that_pages_kv(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    # With no window, page i is the model run on sink + page i alone: an oracle independent of the
+    # paging code, so a page written under the wrong index or dtype shows here.
+    from safetensors.torch import load_file
+
+    text = _text(6)
+    r = _reader(tiny_lm_dir, local_pages=0, sink_tokens=3)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path))
+    doc = r.read(text)
+    doc_ids = r._tok(text, add_special_tokens=False)["input_ids"]
+    sink_ids = r._prefix_ids() + doc_ids[:3]
+    root = _doc_dir(tmp_path)
+    assert doc.n_pages > 3 and doc.path == root
+    for i, (b0, b1) in enumerate(doc.tensor("bounds").tolist()):
+        page = doc_ids[3 + b0 - doc.sink_len : 3 + b1 - doc.sink_len]
+        with torch.inference_mode():
+            out = r._model.model(
+                input_ids=torch.tensor([sink_ids + page]), past_key_values=make_cache([]), use_cache=True
+            )
+        want_k = torch.stack([k[0, :, -len(page) :] for k, _ in cache_layers(out.past_key_values)])
+        want_v = torch.stack([v[0, :, -len(page) :] for _, v in cache_layers(out.past_key_values)])
+        got = load_file(str(root / f"page-{i:05d}.safetensors"))
+        assert got["k"].dtype == torch.float32
+        assert torch.allclose(got["k"], want_k, atol=1e-5) and torch.allclose(got["v"], want_v, atol=1e-5), i
+
+
+def test_fresh_cached_memory_and_index_page_kv_give_the_same_answer(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(24)
+    docs = [Document(id="d", text=text)]
+    params = {"page_size": 16, "budget_tokens": 80, "sink_tokens": 4, "max_new_tokens": 6}
+    q = "What is the capital of Freedonia?"
+    results = []
+
+    def record(r: RetroLMReader) -> None:
+        s = _ask(r, f"q{len(results)}", q, ["d"])
+        doc = r.read(text)
+        suffix = r._tok(r._render(q)[1], add_special_tokens=False)["input_ids"]
+        results.append((s.trace, s.answer, r.score_pages(doc, suffix), r.decode_logits(doc, s.trace["retrolm_pages"], suffix)))
+
+    fresh = _reader(tiny_lm_dir, **params)
+    fresh.setup(_ctx(hub, docs, tmp_path / "cache"))
+    record(fresh)  # prefilled now
+    again = _reader(tiny_lm_dir, **params)
+    again.setup(_ctx(hub, docs, tmp_path / "cache"))
+    record(again)  # from the cache dir
+    memory = _reader(tiny_lm_dir, **params)
+    memory.setup(_ctx(hub, docs, None))
+    record(memory)  # no cache dir: private temp dir, then the memory list
+    record(memory)
+    build = _reader(tiny_lm_dir, precompute=True, **params)
+    (name, builder), = build.indexes().items()
+    (tmp_path / "index" / name).mkdir(parents=True)
+    builder(_ctx(hub, docs, None), tmp_path / "index" / name)
+    index = _reader(tiny_lm_dir, precompute=True, **params)
+    index.setup(_ctx(hub, docs, None, index_dir=tmp_path / "index"))
+    record(index)
+    assert [t["prefill_reused"] for t, *_ in results] == [False, True, False, True, True]
+    assert again.stats["disk_hits"] >= 1 and memory.stats["memory_hits"] >= 1 and index.stats["index_hits"] >= 1
+    trace0, answer0, scores0, logits0 = results[0]
+    assert trace0["pages_selected"] < trace0["pages_total"]
+    for trace, answer, scores, logits in results[1:]:
+        assert trace["retrolm_pages"] == trace0["retrolm_pages"] and trace["retrolm_spans"] == trace0["retrolm_spans"]
+        assert answer == answer0 and trace["reader_tokens"] == trace0["reader_tokens"]
+        assert torch.allclose(scores, scores0, atol=1e-5)
+        assert torch.allclose(logits, logits0, atol=1e-5), (logits - logits0).abs().max()
+
+
+def test_failed_write_leaves_no_cache_and_the_next_question_rebuilds(
+    hub, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import longread.readers.retrolm as retrolm
+
+    text = _text(10)
+    docs = [Document(id="d", text=text)]
+    real_write = retrolm._write_tensors
+    written: list[str] = []
+
+    def failing_write(path: Path, tensors: dict, metadata: dict) -> None:
+        if len(written) == 3:
+            raise OSError("disk full (injected)")
+        real_write(path, tensors, metadata)
+        written.append(path.name)
+
+    monkeypatch.setattr(retrolm, "_write_tensors", failing_write)
+    r = _reader(tiny_lm_dir)
+    r.setup(_ctx(hub, docs, tmp_path))
+    with pytest.raises(OSError, match="injected"):
+        _ask(r, "q1", "What is the capital of Freedonia?", ["d"])
+    assert written == ["page-00000.safetensors", "page-00001.safetensors", "page-00002.safetensors"]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing left, not even the temp dir
+    monkeypatch.setattr(retrolm, "_write_tensors", real_write)
+    s = _ask(r, "q2", "What is the capital of Freedonia?", ["d"])
+    assert s.trace["prefill_reused"] is False and r.stats["documents_prefilled"] == 1
+    assert r.stats["pages_prefilled"] == 3 + s.trace["pages_total"]
+    assert _doc_dir(tmp_path).is_dir()
+    clean = _reader(tiny_lm_dir, cache=False)
+    clean.setup(_ctx(hub, docs, None))
+    c = _ask(clean, "q3", "What is the capital of Freedonia?", ["d"])
+    assert c.answer == s.answer and c.trace["retrolm_pages"] == s.trace["retrolm_pages"]
+
+
+_KILLED_WRITER = """
+import os, sys, torch
+torch.set_num_threads(1)
+from pathlib import Path
+import longread.readers.retrolm as retrolm
+from longread.models.hub import ModelHub
+from longread.pipelines.store import CorpusStore
+from longread.stage import RunContext
+from longread.types import Document
+
+real, n = retrolm._write_tensors, []
+def write(path, tensors, metadata):
+    real(path, tensors, metadata)
+    n.append(path)
+    if len(n) == 4:
+        os._exit(3)  # killed mid-document: no exception handler, no cleanup runs
+retrolm._write_tensors = write
+r = retrolm.RetroLMReader({"model": sys.argv[1], "page_size": 16, "budget_tokens": 64, "local_pages": 2})
+hub = ModelHub(cache_dir=sys.argv[3], dtype="float32")
+r.setup(RunContext(models=hub, store=CorpusStore([], []), cache_dir=Path(sys.argv[2])))
+r.read(sys.argv[4])
+"""
+
+
+def test_killed_process_leaves_only_a_temp_dir_that_is_never_read(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", _KILLED_WRITER, str(tiny_lm_dir), str(tmp_path / "c"), str(hub.cache_dir), text]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    left = [p for p in (tmp_path / "c").rglob("*") if p.is_dir() and p.name.endswith(".tmp")]
+    assert len(left) == 1 and len(list(left[0].glob("page-*.safetensors"))) == 4  # half-written, under a temp name
+    assert not list((tmp_path / "c").rglob("meta.safetensors"))
+    r = _reader(tiny_lm_dir)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path / "c"))
+    s = _ask(r, "q", "What is the capital of Freedonia?", ["d"])
+    assert s.trace["prefill_reused"] is False and r.stats["disk_hits"] == 0 and r.stats["documents_prefilled"] == 1
+    assert _doc_dir(tmp_path / "c").name == r.cache_key(text)
+
+
+def test_incomplete_or_foreign_cache_dirs_are_refused_by_name(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(6)
+    docs = [Document(id="d", text=text)]
+    r = _reader(tiny_lm_dir)
+    r.setup(_ctx(hub, docs, tmp_path))
+    r.read(text)
+    root = _doc_dir(tmp_path)
+    (root / "page-00001.safetensors").unlink()
+    fresh = _reader(tiny_lm_dir)
+    fresh.setup(_ctx(hub, docs, tmp_path))
+    with pytest.raises(ValueError, match=r"incomplete \(1 of \d+ page files missing\); delete it"):
+        fresh.read(text)
+    other = _text(7)
+    shutil.rmtree(root)
+    r.read(other)
+    _doc_dir(tmp_path).rename(root)  # another document's page KV under this document's key
+    with pytest.raises(ValueError, match="does not hold key"):
+        fresh.read(text)
+
+
+class _LiveTensorBytes:
+    """Peak bytes of all live CPU tensors (found by the garbage collector, each storage once) over
+    the baseline, sampled after every forward call of the model body (its output cache is then live)."""
+
+    def __init__(self, body: torch.nn.Module) -> None:
+        self.base = self.now()
+        self.peak = 0
+        self.samples = 0
+        self._hooks = [body.register_forward_hook(lambda *_: self.sample())]
+
+    @staticmethod
+    def now() -> int:
+        import gc
+
+        seen: dict[int, int] = {}
+        for o in gc.get_objects():
+            if issubclass(type(o), torch.Tensor) and o.device.type == "cpu":
+                st = o.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+        return sum(seen.values())
+
+    def sample(self) -> None:
+        self.samples += 1
+        self.peak = max(self.peak, self.now() - self.base)
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def test_memory_while_reading_does_not_grow_with_the_document(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    # The live-tensor peak of reading + answering a 4x longer document stays within a small part of
+    # the extra page KV: pages go to disk as they are made and only the selected ones are read back.
+    # What still grows is O(pages) and small: key summaries and positions (~1/10 of a page's KV
+    # here). Before, the whole document's page KV was held: the peak grew by more than all of it.
+    peaks, kv_bytes, pages = [], [], []
+    for n_sentences in (8, 32):
+        text = _text(n_sentences)
+        r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, local_pages=2, max_new_tokens=2)
+        r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path / str(n_sentences)))
+        meter = _LiveTensorBytes(r._model.model)
+        try:
+            s = _ask(r, "q", "What is the capital of Freedonia?", ["d"])
+        finally:
+            meter.close()
+        peaks.append(meter.peak)
+        pages.append(s.trace["pages_total"])
+        n_layers, _, n_kv, d = r._layout
+        doc_tokens = int(r.read(text).tensor("bounds").diff(dim=1).sum())
+        kv_bytes.append(doc_tokens * n_layers * n_kv * d * 2 * 4)  # keys and values, float32
+        assert s.trace["pages_selected"] < s.trace["pages_total"]
+    assert pages[1] >= 3 * pages[0]
+    extra_kv = kv_bytes[1] - kv_bytes[0]
+    assert peaks[1] - peaks[0] < 0.25 * extra_kv, (peaks, kv_bytes)
+
+
+def test_a_question_reads_only_the_pages_it_selected(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(30)
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path))
+    r.read(text)
+    doc = r.read(text)  # from disk now
+    assert doc.source == "disk"
+    q = "How long is the Nile?"
+    suffix = r._tok(r._render(q)[1], add_special_tokens=False)["input_ids"]
+    lengths = [int(b - a) for a, b in doc.tensor("bounds").tolist()]
+    selected = r.select_pages(lengths, r.score_pages(doc, suffix))
+    assert doc.page_reads == []  # scoring reads summaries only
+    r.decode_logits(doc, selected, suffix)
+    assert sorted(doc.page_reads) == sorted(f"page.{i}.{kv}" for i in selected for kv in "kv")  # each once
+    assert len(selected) < doc.n_pages and not any(name.startswith("page.") for name in doc._cache)

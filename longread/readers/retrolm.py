@@ -27,12 +27,20 @@ description (no official code exists):
    contiguous positions after the sink; ``"original"`` keeps each page at its place in the
    document (requires the whole document to fit in the model's window).
 
-Page KV is written atomically as one safetensors file per document under
-``<cache_dir>/retrolm/<model>/``, keyed by the document text's sha256, the model (name and
-config), page size, dtype, sink/window params and the prompt prefix, and reused by every later
-question on that document (even from a new process). With ``precompute: true`` the same files
-are built at index time into the index part named by :meth:`RetroLMReader.indexes`. Without a
-cache dir, page KV of the last ``memory_docs`` documents is kept in memory.
+Page KV never sits in memory as a whole: each page's keys and values are written to their own
+safetensors file as soon as the page is prefilled (only the sink and the ``local_pages`` window
+stay in memory), into a temp dir that is renamed to ``<key>/`` once the document is complete, so
+an interrupted read never leaves a cache a later question trusts. ``<key>/meta.safetensors``
+holds the sink KV, positions, bounds, spans and key summaries; ``<key>/page-NNNNN.safetensors``
+one page each. A question loads the meta file and only the pages it selected, so memory is
+bounded by the window and the budget, not by the document length. The key hashes the document
+text's sha256, the format version, the model (name and config), page size, dtype, sink/window
+params and the prompt prefix. Under ``<cache_dir>/retrolm/<model>/`` the dirs are reused by
+every later question on that document (even from a new process); caches of an older format
+have another key and are rebuilt. With ``precompute: true`` the same dirs are built at index
+time into the index part named by :meth:`RetroLMReader.indexes`. Without a cache dir they go to
+a private temp dir, those of the last ``memory_docs`` documents are reused, and a dir is
+deleted when nothing refers to it any more.
 
 ``self.stats`` counts documents and pages prefilled and cache hits, for tests and benchmarks.
 """
@@ -42,16 +50,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 import time
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..io import atomic_write_bytes
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
 from ..types import QAState
@@ -59,7 +70,10 @@ from .hf import clean_answer
 
 __all__ = ["RetroLMParams", "RetroLMReader", "PagedDoc", "DEFAULT_INSTRUCTION", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: one dir per document (meta file + one file per page, written while prefilling); 1: one file.
+FORMAT_VERSION = 2
+_META = "meta.safetensors"
+_PAGE_NAME = re.compile(r"page\.(\d+)\.([kv])")
 # Same wording as reader.long_context so the two readers differ only in what the model attends to.
 DEFAULT_INSTRUCTION = (
     "Answer the question using the document below. Reply with only the answer, as a short phrase "
@@ -80,6 +94,75 @@ def _join_documents(docs: list[Any]) -> str:
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _page_file(i: int) -> str:
+    return f"page-{i:05d}.safetensors"
+
+
+def _write_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` as one safetensors file and fsync it (the only place page KV is written)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _PageWriter:
+    """Writes one document's page KV into a temp dir beside ``final``, renamed into place on ``commit``.
+
+    Used as a context manager: an exception before ``commit`` removes the temp dir, so ``final``
+    only ever appears complete. When another writer committed ``final`` first, ours is dropped.
+    """
+
+    def __init__(self, final: Path, key: str, meta: dict[str, str]) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.final, self.key = final, key
+        self.meta = {"format": str(FORMAT_VERSION), "key": key, **meta}
+        self.tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        self.n_pages = 0
+
+    def page(self, i: int, k: Any, v: Any) -> None:
+        if i != self.n_pages:
+            raise ValueError(f"pages must be written in order: expected page {self.n_pages}, got {i}")
+        _write_tensors(self.tmp / _page_file(i), {"k": k, "v": v}, {**self.meta, "page": str(i)})
+        self.n_pages += 1
+
+    def commit(self, head: dict[str, Any]) -> None:
+        n = int(head["bounds"].shape[0])
+        if n != self.n_pages:
+            raise ValueError(f"{self.n_pages} pages written but bounds has {n}")
+        _write_tensors(self.tmp / _META, head, {**self.meta, "n_pages": str(n)})
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(self.tmp, self.final)
+        except OSError:
+            if not (self.final / _META).is_file():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)  # an equal copy was committed meanwhile
+
+    def __enter__(self) -> "_PageWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class _SpillDir:
+    """A private temp dir for page KV when there is no cache dir; removed once nothing holds it."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="longread-retrolm-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
 
 class RetroLMParams(Params):
@@ -103,7 +186,9 @@ class RetroLMParams(Params):
     instruction: str = Field(default=DEFAULT_INSTRUCTION, description="instruction before the document")
     cache: bool = Field(default=True, description="reuse page KV across questions (disk under cache_dir, else memory)")
     precompute: bool = Field(default=False, description="build page KV for every document at index time")
-    memory_docs: int = Field(default=2, description="documents kept in memory when there is no cache dir")
+    memory_docs: int = Field(
+        default=2, description="documents whose page KV (in a temp dir) is reused when there is no cache dir"
+    )
     max_input_tokens: int = Field(default=262_144, description="refuse longer scoped inputs")
 
     @field_validator("model")
@@ -157,13 +242,15 @@ class RetroLMParams(Params):
 
 @dataclass
 class PagedDoc:
-    """Page KV of one long input, in memory or backed by a safetensors file.
+    """Page KV of one long input, backed by its cache dir; tensors are read when first asked for.
 
-    ``get(name)`` returns a tensor: ``sink.k``/``sink.v`` (``[L, kv_heads, S, head_dim]``),
-    ``page.{i}.k``/``page.{i}.v``, ``pos`` (prefill position of every sink and page token),
-    ``bounds`` (``[P, 2]`` token ranges of pages in the sink+document sequence), ``spans``
-    (``[P, 2]`` character ranges of pages in the input text) and ``summary.{mean,min,max}``
-    (``[L, kv_heads, P, head_dim]`` float32 position-free key summaries).
+    ``tensor(name)`` returns: ``sink.k``/``sink.v`` (``[L, kv_heads, S, head_dim]``),
+    ``page.{i}.k``/``page.{i}.v`` (read from that page's file only), ``pos`` (prefill position of
+    every sink and page token), ``bounds`` (``[P, 2]`` token ranges of pages in the
+    sink+document sequence), ``spans`` (``[P, 2]`` character ranges of pages in the input text)
+    and ``summary.{mean,min,max}`` (``[L, kv_heads, P, head_dim]`` float32 position-free key
+    summaries). Page tensors are read from disk each time they are asked for (``page_reads``
+    lists them) and not kept; the rest is O(pages) small and kept until the object is dropped.
     """
 
     key: str
@@ -171,9 +258,15 @@ class PagedDoc:
     sink_len: int
     n_pages: int
     source: str  # "prefill", "memory", "disk", "index"
+    path: Path | None = None
+    _keep: Any = None  # holds a _SpillDir alive while this doc is in use
+    page_reads: list[str] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def tensor(self, name: str) -> Any:
+        if _PAGE_NAME.fullmatch(name):
+            self.page_reads.append(name)
+            return self.get(name)
         if name not in self._cache:
             self._cache[name] = self.get(name)
         return self._cache[name]
@@ -191,7 +284,7 @@ class RetroLMReader(Stage):
         self.stats = {"documents_prefilled": 0, "pages_prefilled": 0, "memory_hits": 0, "disk_hits": 0, "index_hits": 0}
         self._model = None
         self._tok = None
-        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._memory: OrderedDict[str, tuple[Path, _SpillDir]] = OrderedDict()
         self._cache_root: Path | None = None
         self._index_root: Path | None = None
         self._store = None
@@ -211,13 +304,12 @@ class RetroLMReader(Stage):
     def _build_part(self, ctx: RunContext, out_dir: Path) -> None:
         self._load_model(ctx)
         store = ctx.require_store()
+        prefix_ids = self._prefix_ids()
         for doc in store.documents.values():
             text = _join_documents([doc])  # what a question scoped to this one document reads
-            prefix_ids = self._prefix_ids()
-            doc_ids, offsets = self._doc_ids(text)
             key = self._doc_key(text, prefix_ids)
-            tensors = self._prefill(prefix_ids, doc_ids, offsets)
-            self._write(out_dir / f"{key}.safetensors", key, tensors)
+            if not (out_dir / key).is_dir():  # two documents with the same text share one
+                self._build(out_dir / key, key, text, prefix_ids)
 
     def setup(self, ctx: RunContext) -> None:
         """Load the model; open the precomputed index part (if ``precompute``) and the cache dir."""
@@ -318,8 +410,22 @@ class RetroLMReader(Stage):
         return self._doc_key(text, self._prefix_ids())
 
     # ---------------------------------------------------------------- prefill
-    def _prefill(self, prefix_ids: list[int], doc_ids: list[int], offsets: list[tuple[int, int]]) -> dict[str, Any]:
-        """Page-by-page bounded prefill; returns the tensors of a :class:`PagedDoc`."""
+    def _build(self, final: Path, key: str, text: str, prefix_ids: list[int]) -> int:
+        """Prefill ``text`` into the page-KV dir ``final`` (atomically); returns the tokens prefilled."""
+        doc_ids, offsets = self._doc_ids(text)
+        meta = {"model": self.params.model, "page_size": str(self.params.page_size), "dtype": self._dtype}
+        with _PageWriter(final, key, meta) as writer:
+            self._prefill(prefix_ids, doc_ids, offsets, writer)
+        return len(prefix_ids) + len(doc_ids)
+
+    def _prefill(
+        self, prefix_ids: list[int], doc_ids: list[int], offsets: list[tuple[int, int]], writer: _PageWriter
+    ) -> None:
+        """Page-by-page bounded prefill into ``writer``: each page is written as soon as it is computed.
+
+        Only the sink, the last ``local_pages`` pages and the small per-page summaries stay in
+        memory; ``writer.commit`` then writes the sink, positions, bounds, spans and summaries.
+        """
         import torch
         dev = self._device
 
@@ -332,10 +438,10 @@ class RetroLMReader(Stage):
         rest = doc_ids[n_sink_doc:]
         S = len(sink_ids)
         n_pages = -(-len(rest) // ps)
-        window = S + min(max(n_pages - 1, 0), p.local_pages) * ps + min(ps, len(rest))
-        if window > self._max_pos:
+        widest = S + min(max(n_pages - 1, 0), p.local_pages) * ps + min(ps, len(rest))
+        if widest > self._max_pos:
             raise ValueError(
-                f"prefill window (sink {S} + local_pages * page_size + page = {window} tokens) exceeds the "
+                f"prefill window (sink {S} + local_pages * page_size + page = {widest} tokens) exceeds the "
                 f"model's {self._max_pos} positions; lower local_pages or page_size"
             )
         body = self._model.model
@@ -347,13 +453,14 @@ class RetroLMReader(Stage):
                 use_cache=True,
             )
             sink = [(k[0].clone(), v[0].clone()) for k, v in cache_layers(out.past_key_values)]
-            pages: list[tuple[list[Any], list[Any], Any]] = []  # (keys per layer, values per layer, pos)
+            del out
+            # (keys per layer, values per layer, pos) of the last local_pages pages: all that is kept.
+            window: deque[tuple[list[Any], list[Any], Any]] = deque(maxlen=p.local_pages)
+            positions: list[Any] = [torch.arange(S)]
             bounds, spans = [], []
             means, mins, maxs = [], [], []
             for i, start in enumerate(range(0, len(rest), ps)):
                 ids = rest[start : start + ps]
-                first = max(0, i - p.local_pages)
-                window = pages[first:i]
                 layers = []
                 for li, (sk, sv) in enumerate(sink):
                     ks, vs = [sk], [sv]
@@ -375,7 +482,10 @@ class RetroLMReader(Stage):
                 n = len(ids)
                 pk = [k[0, :, -n:].clone() for k, _ in cache_layers(out.past_key_values)]
                 pv = [v[0, :, -n:].clone() for _, v in cache_layers(out.past_key_values)]
-                pages.append((pk, pv, pos))
+                del out, layers
+                writer.page(i, torch.stack(pk), torch.stack(pv))
+                window.append((pk, pv, pos))  # drops the page that leaves the window
+                positions.append(pos)
                 self.stats["pages_prefilled"] += 1
                 raw = torch.stack([unrotate_keys(k, pos, inv) for k in pk])  # [L, kvH, n, d] float32
                 means.append(raw.mean(dim=2))
@@ -386,81 +496,96 @@ class RetroLMReader(Stage):
                 c0 = offsets[n_sink_doc + start][0]
                 c1 = offsets[n_sink_doc + start + n - 1][1]
                 spans.append((c0, c1))
-        self.stats["documents_prefilled"] += 1
-        tensors: dict[str, Any] = {
-            "sink.k": torch.stack([k for k, _ in sink]).contiguous(),
-            "sink.v": torch.stack([v for _, v in sink]).contiguous(),
-            "pos": torch.cat([torch.arange(S)] + [pg[2] for pg in pages]).to(torch.int64),
+        window.clear()
+        head: dict[str, Any] = {
+            "sink.k": torch.stack([k for k, _ in sink]),
+            "sink.v": torch.stack([v for _, v in sink]),
+            "pos": torch.cat(positions).to(torch.int64),
             "bounds": torch.tensor(bounds, dtype=torch.int64).reshape(-1, 2),
             "spans": torch.tensor(spans, dtype=torch.int64).reshape(-1, 2),
         }
-        if pages:
-            tensors["summary.mean"] = torch.stack(means, dim=2).contiguous()
-            tensors["summary.min"] = torch.stack(mins, dim=2).contiguous()
-            tensors["summary.max"] = torch.stack(maxs, dim=2).contiguous()
-        for i, (pk, pv, _) in enumerate(pages):
-            tensors[f"page.{i}.k"] = torch.stack(pk).contiguous()
-            tensors[f"page.{i}.v"] = torch.stack(pv).contiguous()
-        return tensors
+        if bounds:
+            head["summary.mean"] = torch.stack(means, dim=2)
+            head["summary.min"] = torch.stack(mins, dim=2)
+            head["summary.max"] = torch.stack(maxs, dim=2)
+        writer.commit(head)
+        self.stats["documents_prefilled"] += 1
 
     # ------------------------------------------------------------------ cache
-    def _write(self, path: Path, key: str, tensors: dict[str, Any]) -> None:
-        from safetensors.torch import save
-
-        meta = {"format": str(FORMAT_VERSION), "key": key, "model": self.params.model, "page_size": str(self.params.page_size)}
-        atomic_write_bytes(path, save({k: v.cpu() for k, v in tensors.items()}, metadata=meta))
-
-    def _open(self, key: str, path: Path, source: str) -> PagedDoc | None:
-        if not path.is_file():
+    def _open(self, key: str, path: Path, source: str, keep: Any = None) -> PagedDoc | None:
+        """The page-KV dir ``path`` of ``key`` as a :class:`PagedDoc` (None when there is none)."""
+        if not path.is_dir():
             return None
         from safetensors import safe_open
 
-        handle = safe_open(str(path), framework="pt")
-        meta = handle.metadata() or {}
+        meta_path = path / _META
+        if not meta_path.is_file():
+            raise ValueError(f"page-KV dir {path} has no {_META}; delete it and rerun")
+        head = safe_open(str(meta_path), framework="pt")
+        meta = head.metadata() or {}
         if meta.get("key") != key or meta.get("format") != str(FORMAT_VERSION):
-            raise ValueError(f"page-KV file {path} does not hold key {key}; delete it and rerun")
-        sink_len = handle.get_slice("sink.k").get_shape()[2]
-        n_pages = handle.get_slice("bounds").get_shape()[0]
+            raise ValueError(f"page-KV dir {path} does not hold key {key} (format {FORMAT_VERSION}); delete it and rerun")
+        sink_len = head.get_slice("sink.k").get_shape()[2]
+        n_pages = head.get_slice("bounds").get_shape()[0]
+        missing = [i for i in range(n_pages) if not (path / _page_file(i)).is_file()]
+        if str(n_pages) != meta.get("n_pages") or missing:
+            raise ValueError(
+                f"page-KV dir {path} is incomplete ({len(missing)} of {n_pages} page files missing); delete it and rerun"
+            )
         dev = self._device
-        return PagedDoc(key, lambda name: handle.get_tensor(name).to(dev), sink_len, n_pages, source)
 
-    def _from_tensors(self, key: str, tensors: dict[str, Any], source: str) -> PagedDoc:
-        return PagedDoc(key, tensors.__getitem__, tensors["sink.k"].shape[2], tensors["bounds"].shape[0], source)
+        def get(name: str) -> Any:
+            m = _PAGE_NAME.fullmatch(name)
+            if m is None:
+                return head.get_tensor(name).to(dev)
+            i = int(m.group(1))
+            if i >= n_pages:
+                raise KeyError(f"page {i} out of range: {path} has {n_pages} pages")
+            with safe_open(str(path / _page_file(i)), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != key:
+                    raise ValueError(f"{path / _page_file(i)} does not hold key {key}; delete {path} and rerun")
+                return f.get_tensor(m.group(2)).to(dev)
 
-    def _paged(self, text: str, prefix_ids: list[int], batch_memory: dict[str, dict[str, Any]]) -> tuple[PagedDoc, int]:
-        """The page KV of ``text``: from memory, the index part, the cache dir, or a fresh prefill.
+        return PagedDoc(key, get, sink_len, n_pages, source, path, keep)
+
+    def _paged(
+        self, text: str, prefix_ids: list[int], batch_memory: dict[str, tuple[Path, Any]]
+    ) -> tuple[PagedDoc, int]:
+        """The page KV of ``text``: from this batch or the memory list, the index part, the cache dir, or a fresh prefill.
 
         Returns it with the number of tokens prefilled for it now (0 when reused).
         """
         key = self._doc_key(text, prefix_ids)
         if key in batch_memory:
             self.stats["memory_hits"] += 1
-            return self._from_tensors(key, batch_memory[key], "memory"), 0
+            path, spill = batch_memory[key]
+            return self._open(key, path, "memory", spill), 0
         if key in self._memory:
             self._memory.move_to_end(key)
             self.stats["memory_hits"] += 1
-            return self._from_tensors(key, self._memory[key], "memory"), 0
-        name = f"{key}.safetensors"
+            path, spill = self._memory[key]
+            return self._open(key, path, "memory", spill), 0
         if self._index_root is not None:
-            doc = self._open(key, self._index_root / name, "index")
+            doc = self._open(key, self._index_root / key, "index")
             if doc is not None:
                 self.stats["index_hits"] += 1
                 return doc, 0
         if self._cache_root is not None:
-            doc = self._open(key, self._cache_root / name, "disk")
+            doc = self._open(key, self._cache_root / key, "disk")
             if doc is not None:
                 self.stats["disk_hits"] += 1
                 return doc, 0
-        doc_ids, offsets = self._doc_ids(text)
-        tensors = self._prefill(prefix_ids, doc_ids, offsets)
-        if self._cache_root is not None:
-            self._write(self._cache_root / name, key, tensors)
-        elif self.params.cache:
-            self._memory[key] = tensors
+            spill, path = None, self._cache_root / key
+        else:
+            spill = _SpillDir()  # removed when the last PagedDoc / memory entry holding it goes
+            path = spill.path / key
+        prefilled = self._build(path, key, text, prefix_ids)
+        if spill is not None and self.params.cache:
+            self._memory[key] = (path, spill)
             while len(self._memory) > self.params.memory_docs:
                 self._memory.popitem(last=False)
-        batch_memory[key] = tensors
-        return self._from_tensors(key, tensors, "prefill"), len(prefix_ids) + len(doc_ids)
+        batch_memory[key] = (path, spill)
+        return self._open(key, path, "prefill", spill), prefilled
 
     # -------------------------------------------------------------- selection
     def _query_vectors(self, doc: PagedDoc, suffix_ids: list[int]) -> dict[int, Any]:
@@ -558,20 +683,25 @@ class RetroLMReader(Stage):
 
         S = doc.sink_len
         bounds, pos_all = doc.tensor("bounds"), doc.tensor("pos")
-        ks, vs, at = [doc.tensor("sink.k")], [doc.tensor("sink.v")], S
+        sk, sv = doc.tensor("sink.k"), doc.tensor("sink.v")
+        total = S + sum(int(bounds[i, 1] - bounds[i, 0]) for i in selected)
+        # Filled in place, one page read at a time: the only copy of the selected KV.
+        k_all = sk.new_empty((*sk.shape[:2], total, sk.shape[3]))
+        v_all = sv.new_empty((*sv.shape[:2], total, sv.shape[3]))
+        k_all[:, :, :S], v_all[:, :, :S] = sk, sv
+        at = S
         for i in selected:
             b0, b1 = int(bounds[i, 0]), int(bounds[i, 1])
             n = b1 - b0
             # compact: right after the previous kept token; original: where the page is in the input.
             target = torch.arange(at, at + n) if self.params.positions == "compact" else torch.arange(b0, b1)
-            ks.append(rerotate_keys(doc.tensor(f"page.{i}.k"), pos_all[b0:b1], target, self._inv_freq))
-            vs.append(doc.tensor(f"page.{i}.v"))
+            k_all[:, :, at : at + n] = rerotate_keys(doc.tensor(f"page.{i}.k"), pos_all[b0:b1], target, self._inv_freq)
+            v_all[:, :, at : at + n] = doc.tensor(f"page.{i}.v")
             at += n
         if self.params.positions == "original":
             at = int(bounds[-1, 1]) if doc.n_pages else S
-        k_all, v_all = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
         cache = make_cache([(k_all[li][None], v_all[li][None]) for li in range(k_all.shape[0])])
-        return cache, at, k_all.shape[2]
+        return cache, at, total
 
     def _decode(self, doc: PagedDoc, selected: list[int], suffix_ids: list[int]) -> tuple[list[int], float, float, int]:
         """Greedy decode over sink + selected pages; returns (token ids, ttft from now, decode seconds, KV length)."""
@@ -657,7 +787,7 @@ class RetroLMReader(Stage):
         if self._model is None:
             raise RuntimeError("reader.retrolm: call setup(ctx) before answering")
         p = self.params
-        batch_memory: dict[str, dict[str, Any]] = {}  # questions of one batch on one document share a prefill
+        batch_memory: dict[str, tuple[Path, Any]] = {}  # questions of one batch on one document share a prefill
         with timed(batch, self.key):
             for state in batch:
                 t0 = time.perf_counter()
