@@ -13,6 +13,10 @@ planted at depths 0-100% of Paul Graham essays) and F1 on SQuAD articles read as
 
     python benchmarks/kv_readers.py                  # default: ~45 min of CPU per reader-heavy run on 2 idle cores
     python benchmarks/kv_readers.py --quick          # ~10 min on 2 idle cores (1k/4k contexts)
+    python benchmarks/kv_readers.py --retrolm-memory --lengths 2048 8192   # retrolm peak RSS growth only (~3 min)
+        # smollm2-135m, 1 thread, first question: 308 / 1177 MiB at 2k / 8k tokens while the whole
+        # page KV was held and then written (format 1); 140 / 128 MiB (156 at 16k) with pages
+        # written as prefilled and only the selected ones read back (format 2).
     python benchmarks/kv_readers.py --parallel ...   # readers at once: same machine load for all
     python benchmarks/kv_readers.py --model qwen2.5-0.5b-instruct --json out.json
 
@@ -235,6 +239,87 @@ def worker(
     out_path.write_text(json.dumps(result, indent=1))
 
 
+# ------------------------------------------------------- retrolm memory while reading
+def retrolm_memory_worker(model: str, n_tokens: int, budget: int, threads: int, data: Path) -> dict:
+    """Peak RSS growth of ``reader.retrolm`` reading one ``n_tokens`` document (fresh process).
+
+    The baseline is the RSS after the model is loaded and a short warm-up document was read, so
+    the growth is what reading (paging, prefill, writing the page-KV cache, scoring, decoding)
+    costs on top. ``model="tiny"`` uses a tiny random model built in a temp dir.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    from longread.models.hub import ModelHub
+    from longread.pipelines.store import CorpusStore
+    from longread.readers.retrolm import RetroLMReader
+    from longread.stage import RunContext
+    from longread.types import Document, QAState, Question
+
+    with tempfile.TemporaryDirectory(prefix="retrolm-mem-") as tmp:
+        if model == "tiny":
+            from longread.testing import tiny_causal_lm_dir
+
+            name, hub = str(tiny_causal_lm_dir(Path(tmp) / "tiny")), ModelHub(cache_dir=Path(tmp) / "hub", dtype="float32")
+        else:
+            name, hub = model, ModelHub(dtype="float32")
+        tok = hub.tokenizer(name)
+        try:
+            filler = _filler(data)
+        except FileNotFoundError:
+            filler = " ".join(f"Report {i}: the committee reviewed the budget and the schedule." for i in range(4000))
+        text, q, _ = NEEDLES[0]
+        docs = [
+            Document(id="warm", text=_haystack(tok, filler, 300, text, 0.5, 11)),
+            Document(id="long", text=_haystack(tok, filler, n_tokens, text, 0.5, 7919)),
+        ]
+        if model == "tiny":
+            budget = min(budget, 1024)  # the tiny model has 2,048 positions
+        r = RetroLMReader({"model": name, "budget_tokens": budget, "max_new_tokens": 8})
+        r.setup(RunContext(models=hub, store=CorpusStore(docs, []), cache_dir=Path(tmp) / "cache"))
+        sampler = RssSampler()
+        r([QAState(question=Question(id="w", question=q, doc_ids=["warm"]))])
+        n_doc = len(tok(docs[1].text, add_special_tokens=False)["input_ids"])
+        n_layers, _, n_kv, d = r._layout
+        # What holding the whole document's page KV (keys and values, float32) would take.
+        out = {"model": model, "budget": budget, "doc_tokens": n_doc, "doc_kv_mb": n_doc * n_layers * n_kv * d * 2 * 4 / 2**20}
+        for label in ("first", "second"):  # second: page KV from the disk cache
+            base = sampler.reset()
+            t0 = time.perf_counter()
+            st = r([QAState(question=Question(id=label, question=q, doc_ids=["long"]))])[0]
+            time.sleep(0.05)  # one more sample after the call
+            out[label] = {
+                "rss_growth_mb": sampler.peak - base,
+                "seconds": time.perf_counter() - t0,
+                "pages": f"{st.trace['pages_selected']}/{st.trace['pages_total']}",
+                "reused": st.trace["prefill_reused"],
+            }
+        sampler.stop()
+    return out
+
+
+def retrolm_memory(args: argparse.Namespace) -> str:
+    """One fresh subprocess per (model, length); a table of peak RSS growth while reading."""
+    rows = ["| model | budget | doc tokens | doc page KV MiB | 1st question RSS growth MiB | s | 2nd (cached) RSS growth MiB | s | pages kept/total |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for model in args.memory_models:
+        for n in args.lengths:
+            cmd = [sys.executable, __file__, "--memory-worker", model, "--memory-tokens", str(n), "--budget", str(args.budget),
+                   "--threads", str(args.threads), "--data", str(args.data)]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append(f"| {model} | {n} | | failed: {proc.stderr.strip().splitlines()[-1:]} ||||| ")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            a, b = r["first"], r["second"]
+            rows.append(
+                f"| {model} | {r['budget']} | {r['doc_tokens']} | {r['doc_kv_mb']:.0f} | {a['rss_growth_mb']:.0f} | {a['seconds']:.1f} | "
+                f"{b['rss_growth_mb']:.0f} | {b['seconds']:.1f} | {a['pages']} |"
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join([f"# reader.retrolm peak RSS growth while reading one document ({args.threads} thread(s))", ""] + rows)
+
+
 # ------------------------------------------------------------------------ report
 def _fmt(v, spec: str = ".2f", none: str = "-") -> str:
     return none if v is None else format(v, spec)
@@ -324,10 +409,22 @@ def main(argv: list[str] | None = None) -> int:
         "--parallel", action="store_true", help="run the reader subprocesses at once (on a shared machine their timings then see the same load)"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write all raw results here")
+    ap.add_argument(
+        "--retrolm-memory", action="store_true", help="only print reader.retrolm's peak RSS growth reading one document per --lengths"
+    )
+    ap.add_argument("--memory-models", nargs="+", default=["tiny", "smollm2-135m-instruct"], help="models of --retrolm-memory")
+    ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-tokens", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_worker:
+        print(json.dumps(retrolm_memory_worker(args.memory_worker, args.memory_tokens, args.budget, args.threads, args.data)))
+        return 0
+    if args.retrolm_memory:
+        print(retrolm_memory(args))
+        return 0
     if args.worker:
         worker(args.worker, args.work, args.out, args.model, args.budget, args.threads, args.dtype, args.refrag_projector)
         return 0
