@@ -19,7 +19,10 @@ description (no official code exists):
 4. **Scores pages from the KV**: the question suffix runs once after the sink, its query vectors
    (``q_proj`` outputs, before rotation) are compared with each page's summary keys
    (``mean_key``: q·mean; ``quest``: the Quest upper bound Σ max(q·min, q·max)); per layer and
-   head the page scores are softmaxed over pages and averaged.
+   head the page scores are softmaxed over pages and averaged. ``scorer: PATH`` uses instead a
+   small scorer trained for the model and page size (``longread train retrolm``; learned head
+   weights plus a low-rank bilinear form on the same queries and summaries, see
+   :mod:`longread.readers.retrolm_scorer`); the model itself is never changed.
 5. **Selects** the last ``recent_pages`` pages (nearest the question) plus the best-scored pages,
    each followed by ``follow_pages`` next pages (a fact cut by a page end stays whole), within
    ``budget_tokens`` document tokens, and decodes greedily attending only to
@@ -49,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -81,6 +83,7 @@ DEFAULT_INSTRUCTION = (
 )
 _DOC_MARK = "\u2063LONGREAD_DOCUMENT\u2063"
 _QUESTION_MARK = "\u2063LONGREAD_QUESTION\u2063"
+TRAINING_FREE_SCORERS = ("quest", "mean_key")
 
 
 def _slug(text: str) -> str:
@@ -180,8 +183,14 @@ class RetroLMParams(Params):
     positions: Literal["compact", "original"] = Field(default="compact", description="decode positions of pages")
     # quest by default: on a 4k-token needle the mean key missed the page holding the fact and the
     # channel-wise upper bound found it (benchmarks/kv_readers.py).
-    scorer: Literal["mean_key", "quest"] = Field(default="quest", description="page scorer")
-    score_layers: list[int] | None = Field(default=None, description="layers whose queries score pages; None = all")
+    scorer: str = Field(
+        default="quest",
+        description="page scorer: 'quest' or 'mean_key' (training-free), or the path of a .safetensors "
+        "scorer trained by `longread train retrolm` for this model and page_size",
+    )
+    score_layers: list[int] | None = Field(
+        default=None, description="layers whose queries score pages; None = all (a trained scorer brings its own)"
+    )
     max_new_tokens: int = Field(default=32, description="greedy decoding length")
     instruction: str = Field(default=DEFAULT_INSTRUCTION, description="instruction before the document")
     cache: bool = Field(default=True, description="reuse page KV across questions (disk under cache_dir, else memory)")
@@ -226,8 +235,29 @@ class RetroLMParams(Params):
             raise ValueError("score_layers must be None (all layers) or a non-empty list, got []")
         return v
 
+    @field_validator("scorer")
+    @classmethod
+    def _scorer(cls, v: str) -> str:
+        if v in TRAINING_FREE_SCORERS:
+            return v
+        if not v.endswith(".safetensors"):
+            raise ValueError(
+                f"scorer must be one of {list(TRAINING_FREE_SCORERS)} or the path of a trained scorer "
+                f"(.safetensors, from `longread train retrolm`), got {v!r}"
+            )
+        if not Path(v).expanduser().is_file():
+            raise ValueError(f"scorer file {v!r} does not exist; train one with `longread train retrolm --out {v}`")
+        return v
+
+    @property
+    def trained_scorer(self) -> Path | None:
+        """The trained scorer's file, or None for a training-free scorer."""
+        return None if self.scorer in TRAINING_FREE_SCORERS else Path(self.scorer).expanduser()
+
     @model_validator(mode="after")
     def _budget(self) -> "RetroLMParams":
+        if self.trained_scorer is not None and self.score_layers is not None:
+            raise ValueError("score_layers must be unset with a trained scorer: the scorer file names its layers")
         if self.budget_tokens < self.page_size:
             raise ValueError(
                 f"budget_tokens ({self.budget_tokens}) must be >= page_size ({self.page_size}): no page would fit"
@@ -288,6 +318,7 @@ class RetroLMReader(Stage):
         self._cache_root: Path | None = None
         self._index_root: Path | None = None
         self._store = None
+        self._scorer = self._scorer_spec = None  # a trained page scorer (scorer: PATH), loaded in setup
 
     # ------------------------------------------------------------------ setup
     def indexes(self) -> dict[str, Callable[[RunContext, Path], None]]:
@@ -331,7 +362,17 @@ class RetroLMReader(Stage):
         self._layout = model_layout(model)
         n_layers = self._layout[0]
         layers = self.params.score_layers
-        if layers is not None:
+        self._scorer = self._scorer_spec = None
+        if self.params.trained_scorer is not None:
+            from .retrolm_scorer import load_scorer
+
+            self._scorer, self._scorer_spec, _ = load_scorer(
+                self.params.trained_scorer, model=self.params.model, page_size=self.params.page_size,
+                layout=tuple(self._layout),
+            )
+            self._scorer.to(next(model.parameters()).device)
+            self._score_layers = list(self._scorer_spec.layers)
+        elif layers is not None:
             bad = [i for i in layers if not -n_layers <= i < n_layers]
             if bad:
                 raise ValueError(f"score_layers {bad} out of range for a {n_layers}-layer model")
@@ -625,26 +666,34 @@ class RetroLMReader(Stage):
                 h.remove()
         return captured
 
-    def score_pages(self, doc: PagedDoc, suffix_ids: list[int]) -> Any:
-        """Relevance of every page of ``doc`` to the question suffix: float32 tensor ``[P]``."""
-        import torch
+    def page_features(self, doc: PagedDoc, suffix_ids: list[int]) -> dict[str, Any]:
+        """Scoring features of the question suffix against every page of ``doc`` (at the scoring layers).
+
+        See :func:`longread.readers.retrolm_scorer.page_features`; ``longread train retrolm``
+        trains on exactly these, so training and inference see the same features.
+        """
+        from .retrolm_scorer import page_features
 
         queries = self._query_vectors(doc, suffix_ids)
-        _, n_heads, n_kv, d = self._layout
-        group = n_heads // n_kv
-        total = torch.zeros(doc.n_pages, device=self._device)
-        for li, q in queries.items():  # q: [H, T, d]
-            if self.params.scorer == "mean_key":
-                mk = doc.tensor("summary.mean")[li].repeat_interleave(group, dim=0)  # [H, P, d]
-                logits = q @ mk.transpose(1, 2)
-            else:
-                lo = doc.tensor("summary.min")[li].repeat_interleave(group, dim=0)
-                hi = doc.tensor("summary.max")[li].repeat_interleave(group, dim=0)
-                qe = q[:, :, None, :]  # [H, T, 1, d]
-                logits = torch.maximum(qe * lo[:, None], qe * hi[:, None]).sum(-1)
-            probs = torch.softmax(logits / math.sqrt(d), dim=-1)  # [H, T, P]
-            total += probs.mean(dim=(0, 1))
-        return (total / max(1, len(queries))).cpu()
+        _, n_heads, n_kv, _ = self._layout
+        summary = {k: doc.tensor(f"summary.{k}") for k in ("mean", "min", "max")}
+        return page_features(queries, summary, self._score_layers, n_heads // n_kv)
+
+    def score_pages(self, doc: PagedDoc, suffix_ids: list[int]) -> Any:
+        """Relevance of every page of ``doc`` to the question suffix: float32 tensor ``[P]``.
+
+        Training-free scorers give the page probabilities averaged over layers, heads and question
+        tokens (they sum to 1); a trained scorer gives unnormalised scores (only their order counts).
+        """
+        import torch
+
+        from .retrolm_scorer import score_features, training_free_scores
+
+        feats = self.page_features(doc, suffix_ids)
+        with torch.no_grad():
+            if self._scorer is not None:
+                return score_features(self._scorer, feats).float().cpu()
+            return (training_free_scores(feats, self.params.scorer) / doc.n_pages).cpu()
 
     def select_pages(self, lengths: list[int], scores: Any | None) -> list[int]:
         """Indices (ascending) of pages to keep: the recent ones, then best-scored within the budget."""
