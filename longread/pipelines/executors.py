@@ -227,9 +227,7 @@ class RayExecutor:
             }
             if registry.get(spec.key).stateless:
                 # Nothing to load: plain tasks, retried by Ray if their worker dies.
-                ds = ds.map_batches(
-                    _run_stateless, fn_kwargs=kwargs, batch_size=r.batch_size, num_cpus=r.num_cpus, batch_format="numpy", max_retries=3
-                )
+                ds = ds.map_batches(_run_stateless, fn_kwargs=kwargs, batch_size=r.batch_size, num_cpus=r.num_cpus, batch_format="numpy")
                 continue
             ds = ds.map_batches(
                 _RayStageActor,
@@ -237,11 +235,11 @@ class RayExecutor:
                 batch_size=r.batch_size,
                 num_cpus=r.num_cpus,
                 num_gpus=r.num_gpus or None,
-                concurrency=r.concurrency,
+                compute=ray.data.ActorPoolStrategy(size=r.concurrency),
                 batch_format="numpy",
-                # A dead actor is restarted and its batch retried (Ray's fault tolerance).
-                max_restarts=3,
-                max_task_retries=3,
+                # Fault tolerance comes from Ray Data's defaults: a dead actor is restarted and its batch
+                # retried (actors: unbounded restarts; tasks: Ray's 3 retries). Passing them as remote
+                # args is deprecated in Ray 2.60 and removed in 2.64.
             )
         for row in ds.iter_rows():
             yield QAState.model_validate_json(str(row["state"]))
