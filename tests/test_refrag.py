@@ -269,3 +269,65 @@ def test_real_models_answer(tmp_path):
         out = st([_state(context=context, question=q)])[0]
         assert "Eiffel" in out.answer, (projector, frac, out.answer)
         assert out.trace["chunks_total"] > 0
+
+
+SHIPPED_KEY = ("all-minilm-l6-v2", "smollm2-135m-instruct", 16)
+
+
+def test_shipped_projector_resolves_and_loads_for_its_pair_only():
+    import json
+
+    from longread.readers.refrag import ASSETS_DIR, SHIPPED_PROJECTORS
+
+    path = resolve_projector_path("default", encoder=SHIPPED_KEY[0], model=SHIPPED_KEY[1], k=16)
+    assert path == ASSETS_DIR / SHIPPED_PROJECTORS[SHIPPED_KEY] and path.is_file()
+    assert path.stat().st_size < 4 * 2**20  # a 384 -> 576 -> 576 MLP in fp32: ~2.2 MB
+    net, meta = load_projector(path, in_dim=384, out_dim=576, k=16)
+    assert (meta["encoder"], meta["model"], meta["k"]) == ("all-minilm-l6-v2", "smollm2-135m-instruct", "16")
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    side = json.loads(path.with_suffix(".json").read_text())
+    before, after = side["heldout_before"], side["heldout_after"]
+    for key in ("recon_s1", "recon_s8", "cpt_s8"):
+        assert after[key] < before[key] and after[key] < after[f"{key}_zero"], key
+    # Another k or pair still has no default and says how to train one.
+    with pytest.raises(FileNotFoundError, match="longread train refrag"):
+        resolve_projector_path("default", encoder=SHIPPED_KEY[0], model=SHIPPED_KEY[1], k=8)
+    with pytest.raises(FileNotFoundError, match="longread train refrag"):
+        resolve_projector_path("default", encoder="nomic-embed-text-v1.5", model=SHIPPED_KEY[1], k=16)
+
+
+@pytest.mark.slow
+def test_shipped_projector_reconstructs_held_out_text_better_than_zero_and_untrained():
+    """Held-out s=1 reconstruction NLL (16 tokens from one vector) with the real pair."""
+    import random
+
+    from longread.models.hub import ModelHub
+    from longread.train.refrag import TrainConfig, build_windows, compressed_lm_loss, embed_windows, load_training_texts
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"  # the recipe's --data (SQuAD dev + essays)
+    if not (data / "squad").is_dir():
+        pytest.skip(f"no training data at {data}")
+    hub = ModelHub(dtype="float32")
+    model, tok = hub.causal_lm(SHIPPED_KEY[1])
+    enc = hub.encoder(SHIPPED_KEY[0])
+    texts = load_training_texts(data)
+    random.Random(0).shuffle(texts)  # the recipe's split: the first 10% of texts are held out
+    cfg = TrainConfig()
+    wins = build_windows(tok, texts[: max(1, int(len(texts) * 0.1))], k=16, window_chunks=cfg.window_chunks, limit=4)
+    embs = embed_windows(tok, enc, wins, k=16)
+    ids = torch.tensor(wins, dtype=torch.long)
+    shipped, _ = load_projector(resolve_projector_path("default", encoder=SHIPPED_KEY[0], model=SHIPPED_KEY[1], k=16),
+                                in_dim=384, out_dim=576, k=16)  # fmt: skip
+    untrained = Projector.make(384, 576, seed=0, embeddings=model.get_input_embeddings().weight)
+    zero = lambda x: torch.zeros((*x.shape[:-1], 576))  # noqa: E731
+
+    def recon(proj) -> float:
+        with torch.no_grad():
+            return sum(
+                float(compressed_lm_loss(model, proj, embs[:, j : j + 1], ids[:, j * 16 : (j + 1) * 16]))
+                for j in range(embs.shape[1])
+            ) / embs.shape[1]
+
+    got, base, fresh = recon(shipped), recon(zero), recon(untrained)
+    assert got < base - 0.3, (got, base)
+    assert got < fresh - 0.1, (got, fresh)

@@ -15,11 +15,20 @@ Text comes from SQuAD dev contexts (one text per article) and the Paul Graham es
 The output is a safetensors projector loadable by ``reader.refrag`` (``projector: PATH``) and a
 ``.json`` sidecar with the data, steps, loss curve and held-out losses.
 
-Cost: each step is a forward + backward through the frozen decoder. On a shared 2-core CPU
-(smollm2-135m fp32, 128 tokens per batch) one step took about a minute of wall time, so a
-24-minute run made ~50 steps and did NOT improve held-out reconstruction (4.77 -> 5.02 nats);
-no projector ships for that reason. The paper trains on 20B tokens; a useful projector for the
-small pair needs thousands of steps (hours of CPU, or minutes on a GPU: ``--device cuda``).
+Init: PyTorch's default init maps an L2-normalised 384-d MiniLM vector to an output of norm ~0.6
+that barely depends on the input, where SmolLM2-135M's token-embedding rows have norm ~3.2
+(measured); ``--init embeddings`` (the default) starts the outputs at the rows' mean and spread.
+With ``--minutes`` the curriculum and the learning-rate decay follow elapsed time, so a run cut
+by its budget still reaches ``s = --max-chunks`` and a decayed rate.
+
+Cost: each step is a forward + backward through the frozen decoder: 1.2-1.8 s at one torch thread
+on a shared 2-core CPU (smollm2-135m fp32, ``--tokens-per-batch 128``). The shipped projector
+(``longread/assets/refrag_projector_minilm_smollm2_k16.safetensors``, its ``.json`` sidecar has
+the command, data, curve and losses) is a 39-minute run of 938 + 686 steps (~150k target tokens)
+on 600 windows; held-out losses in nats, untrained -> trained (zero vectors):
+reconstruction s=1 4.80 -> 4.41 (5.39), s=8 3.40 -> 3.24 (3.62), next 32 tokens from 8 vectors
+4.27 -> 3.77 (4.84; the same context as plain tokens: 2.89). That is a partial compression
+(the paper trains on 20B tokens); a better projector needs more steps: ``--device cuda``.
 """
 
 from __future__ import annotations
