@@ -241,6 +241,23 @@ def test_params_refuse_missing_or_unknown_scorers(tmp_path: Path) -> None:
     assert RetroLMParams().trained_scorer is None
     with pytest.raises(ValueError, match="score_layers must be unset with a trained scorer"):
         RetroLMParams(scorer=str(f), score_layers=[0])
+    with pytest.raises(ValueError, match=r"no trained retrolm scorer ships for model='qwen2.5-0.5b-instruct' page_size=128 "
+                       r"\(shipped: smollm2-135m-instruct page_size=128\)"):
+        RetroLMParams(scorer="trained")
+    with pytest.raises(ValueError, match="page_size=64"):
+        RetroLMParams(scorer="trained", model="smollm2-135m-instruct", page_size=64)
+
+
+def test_the_shipped_scorer_loads_for_smollm2_and_has_its_sidecar() -> None:
+    path = RetroLMParams(scorer="trained", model="smollm2-135m-instruct").trained_scorer
+    scorer, spec, meta = load_scorer(path, model="smollm2-135m-instruct", page_size=128, layout=(30, 9, 3, 64))
+    assert path.stat().st_size < 2_000_000 and spec.layers == list(range(30))
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["scorer"] == path.name and side["model"] == "smollm2-135m-instruct" and side["page_size"] == 128
+    after = side["heldout_after"]
+    # Shipped because it beat the training-free scorers on held-out articles.
+    assert after["trained"]["mean_rank"] < after["quest"]["mean_rank"] and after["trained"]["selected"] > after["quest"]["selected"]
+    assert not set(side["data"]["heldout_articles"]) & set(side["data"]["train_articles"] + side["data"]["val_articles"])
 
 
 def test_reader_refuses_a_scorer_of_another_model_or_page_size(hub, tiny_lm_dir, tiny_examples, tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ from ..io import atomic_write_bytes
 
 __all__ = [
     "SCORER_FORMAT",
+    "SHIPPED_SCORERS",
+    "resolve_scorer_path",
     "ScorerSpec",
     "page_features",
     "training_free_scores",
@@ -53,6 +55,32 @@ __all__ = [
 
 SCORER_FORMAT = "longread-retrolm-scorer-v1"
 _EPS = 1e-6
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED_SCORERS: dict[tuple[str, int], str] = {
+    ("smollm2-135m-instruct", 128): "retrolm_scorer_smollm2-135m-instruct_p128.safetensors",
+}
+"""(model, page_size) -> file in ``longread/assets`` used by ``scorer: trained`` (JSON sidecar beside it)."""
+
+
+def resolve_scorer_path(scorer: str, *, model: str, page_size: int) -> Path:
+    """The file of ``scorer`` (``"trained"``: the shipped one for this model and page size, else a path).
+
+    Raises ``FileNotFoundError`` naming what ships when none does, or when the path does not exist.
+    """
+    if scorer == "trained":
+        name = SHIPPED_SCORERS.get((model, page_size))
+        if name is None or not (ASSETS_DIR / name).is_file():
+            shipped = ", ".join(f"{m} page_size={ps}" for (m, ps), f in SHIPPED_SCORERS.items() if (ASSETS_DIR / f).is_file())
+            raise FileNotFoundError(
+                f"no trained retrolm scorer ships for model={model!r} page_size={page_size} (shipped: {shipped or 'none'}); "
+                f"train one with `longread train retrolm --model {model} --page-size {page_size} --out S.safetensors` "
+                "and set `scorer: S.safetensors`"
+            )
+        return ASSETS_DIR / name
+    path = Path(scorer).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"retrolm scorer file {scorer!r} does not exist; train one with `longread train retrolm`")
+    return path
 
 
 class ScorerSpec:
