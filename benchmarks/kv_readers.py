@@ -110,7 +110,7 @@ def build_workload(args: argparse.Namespace) -> dict:
     return {"docs": docs, "speed": speed, "needle": needle, "squad": squad, "doc_tokens": lengths}
 
 
-def reader_config(key: str, model: str, budget: int, refrag_projector: str = "default") -> dict:
+def reader_config(key: str, model: str, budget: int, refrag_projector: str = "default", retrolm_scorer: str = "quest") -> dict:
     """Pipeline config of one reader, all with the same model and comparable budgets."""
     if key == "reader.hf":
         stages = [
@@ -120,7 +120,7 @@ def reader_config(key: str, model: str, budget: int, refrag_projector: str = "de
     elif key == "reader.long_context":
         stages = [{"key": key, "params": {"model": model, "max_context_tokens": 32768}}]
     elif key == "reader.retrolm":
-        stages = [{"key": key, "params": {"model": model, "budget_tokens": budget}}]
+        stages = [{"key": key, "params": {"model": model, "budget_tokens": budget, "scorer": retrolm_scorer}}]
     elif key == "reader.refrag":
         stages = [{"key": key, "params": {"model": model, "projector": refrag_projector}}]
     else:
@@ -196,7 +196,8 @@ def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
 
 
 def worker(
-    key: str, work_path: Path, out_path: Path, model: str, budget: int, threads: int, dtype: str, refrag_projector: str
+    key: str, work_path: Path, out_path: Path, model: str, budget: int, threads: int, dtype: str, refrag_projector: str,
+    retrolm_scorer: str = "quest",
 ) -> None:
     """Run every measurement for one reader; write the results as JSON."""
     import torch
@@ -210,7 +211,7 @@ def worker(
     sampler = RssSampler()
     result: dict = {"reader": key, "speed": [], "needle": [], "squad": []}
     with tempfile.TemporaryDirectory(prefix="kv-readers-") as tmp:
-        pipe = Pipeline.from_config(reader_config(key, model, budget, refrag_projector))
+        pipe = Pipeline.from_config(reader_config(key, model, budget, refrag_projector, retrolm_scorer))
         index_dir = Path(tmp) / "index"
         t0 = time.perf_counter()
         pipe.index([Document(**d) for d in work["docs"]], index_dir, show_progress=False)
@@ -401,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--squad-questions", type=int, default=4, help="questions per article")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--refrag-projector", default="default", help="reader.refrag projector ('random' for timing only)")
+    ap.add_argument("--retrolm-scorer", default="quest", help="reader.retrolm page scorer: quest, mean_key, trained or a path")
     ap.add_argument(
         "--dtype", default="float32", help="model dtype for every reader (bf16 matmuls are ~4x slower than fp32 on CPUs without avx512_bf16)"
     )
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(retrolm_memory(args))
         return 0
     if args.worker:
-        worker(args.worker, args.work, args.out, args.model, args.budget, args.threads, args.dtype, args.refrag_projector)
+        worker(args.worker, args.work, args.out, args.model, args.budget, args.threads, args.dtype, args.refrag_projector, args.retrolm_scorer)
         return 0
     if args.quick:
         args.lengths, args.needle_lengths, args.depths = [1024, 4096], [4096], [0.25, 0.75]
@@ -445,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"{key}.json"
             cmd = [sys.executable, __file__, "--worker", key, "--work", str(work_path), "--out", str(out),
                    "--model", args.model, "--budget", str(args.budget), "--threads", str(args.threads), "--dtype", args.dtype,
-                   "--refrag-projector", args.refrag_projector]
+                   "--refrag-projector", args.refrag_projector, "--retrolm-scorer", args.retrolm_scorer]
             err = open(Path(tmp) / f"{key}.err", "w")
             procs.append((key, out, subprocess.Popen(cmd, cwd=ROOT, stderr=err, text=True), err, time.perf_counter()))
             if not args.parallel:
