@@ -13,12 +13,27 @@ from typing import Any, Iterator
 __all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_dir"]
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0o666 minus the umask); ``mkstemp`` alone gives 0o600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()  # read once at import: os.umask is process-wide and not thread-safe
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+    """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``.
+
+    The file gets the permissions a normal ``open(path, "w")`` would give (umask applied), not the
+    owner-only mode of the temp file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
