@@ -27,7 +27,7 @@ the extracted features, so a rerun with other training knobs skips the prefill.
 
 Measured (smollm2-135m-instruct, fp32, one CPU thread on a shared 2-core machine)::
 
-    longread train retrolm --data ../shared/data --out retrolm-scorer.safetensors \\
+    longread train retrolm --data DATA_DIR --out retrolm-scorer.safetensors \\
         --articles 16 --val-articles 3 --heldout 4 --questions 24 --max-tokens 4096
 
 Feature extraction (prefill + one question pass each) took 29-41 s per article (~30 pages,
