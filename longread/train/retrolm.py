@@ -275,12 +275,17 @@ def rank_metrics(
     return out
 
 
+def _weighted_loss(scorer: Any, examples: Sequence[DocExamples]) -> Any:
+    """InfoNCE over all questions of ``examples`` (articles weighted by their question counts)."""
+    n = sum(ex.n_questions for ex in examples)
+    return sum(document_loss(scorer, ex) * ex.n_questions for ex in examples) / max(1, n)
+
+
 def _mean_loss(scorer: Any, examples: Sequence[DocExamples]) -> float:
     import torch
 
     with torch.no_grad():
-        n = sum(ex.n_questions for ex in examples)
-        return float(sum(document_loss(scorer, ex) * ex.n_questions for ex in examples) / max(1, n))
+        return float(_weighted_loss(scorer, examples))
 
 
 def train_scorer(
@@ -316,7 +321,6 @@ def train_scorer(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
     )
-    n_train = sum(ex.n_questions for ex in train)
     best = (_mean_loss(scorer, val), 0, {k: v.detach().clone() for k, v in scorer.items()}) if val else None
     curve: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -324,7 +328,7 @@ def train_scorer(
     for step in range(1, steps + 1):
         if minutes is not None and time.perf_counter() - t0 > minutes * 60:
             break
-        loss = sum(document_loss(scorer, ex) * ex.n_questions for ex in train) / n_train
+        loss = _weighted_loss(scorer, train)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
