@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -93,10 +92,6 @@ def eval_bm25(docs, queries):
     bm = BM25Okapi([d.lower().split() for d in docs])
     ds = np.stack([bm.get_scores(q.lower().split()) for q, _ in queries])
     return metrics(ds, [g for _, g in queries])
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _scale_child(kind: str, n: int, out) -> None:
