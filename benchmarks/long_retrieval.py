@@ -57,7 +57,7 @@ def metrics(doc_scores: np.ndarray, gold: list[int]) -> tuple[float, float]:
 
 
 def eval_dense(encoder, docs, queries, *, chunked: bool, window: int | None = None):
-    from longread.encoders.longdoc import aggregate_docs, encode_windows, window_spans
+    from longread.encoders.longdoc import aggregate_docs, encode_windows
 
     t0 = time.perf_counter()
     if chunked:
