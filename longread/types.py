@@ -17,6 +17,7 @@ __all__ = [
     "Chunk",
     "Question",
     "Passage",
+    "Usage",
     "QAState",
     "Prediction",
     "check_id",
@@ -111,14 +112,59 @@ class Passage(Record):
     scores: dict[str, float] = Field(default_factory=dict)
 
 
+class Usage(Record):
+    """What one stage spent on one question: time, and its model calls and tokens.
+
+    One record per ``(stage, part)``: ``stage`` is the registry key, ``part`` names a sub-step
+    (``reader.route``'s ``rag`` and ``fallback``). ``prompt_tokens`` are tokens the model read to
+    answer (for a reader: what it saw); ``prefill_tokens`` are further tokens it computed but did
+    not read at answer time (RetroLM's page prefill). ``ttft_s`` is the first call's time to
+    first token. A batch's seconds are shared evenly by its questions.
+    """
+
+    stage: str
+    part: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    calls: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+    new_tokens: int = Field(default=0, ge=0)
+    prefill_tokens: int = Field(default=0, ge=0)
+    seconds: float = Field(default=0.0, ge=0)
+    ttft_s: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """The stage kind from its key: ``reader``, ``reranker``, ``retriever``, ``compressor``, ..."""
+        return self.stage.split(".", 1)[0]
+
+    @property
+    def total_tokens(self) -> int:
+        """Every token this stage's model processed or produced."""
+        return self.prompt_tokens + self.new_tokens + self.prefill_tokens
+
+
 class QAState(Record):
-    """The only thing that flows between query stages: one question and what stages added."""
+    """The only thing that flows between query stages: one question and what stages added.
+
+    ``usage`` holds typed cost records per stage; ``trace`` only method-specific debug data.
+    """
 
     question: Question
     passages: list[Passage] = Field(default_factory=list)
     context: str | None = None
     answer: str | None = None
+    usage: list[Usage] = Field(default_factory=list)
     trace: dict[str, Any] = Field(default_factory=dict)
+
+    def usage_for(self, stage: str, part: str | None = None) -> Usage:
+        """The usage record of ``(stage, part)``, created empty on first use."""
+        for u in self.usage:
+            if u.stage == stage and u.part == part:
+                return u
+        u = Usage(stage=stage, part=part)
+        self.usage.append(u)
+        return u
 
 
 class Prediction(Record):
@@ -127,6 +173,7 @@ class Prediction(Record):
     id: str
     answer: str | None
     passage_ids: list[str] = Field(default_factory=list)
+    usage: list[Usage] = Field(default_factory=list)
     trace: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
 
@@ -137,5 +184,6 @@ class Prediction(Record):
             id=state.question.id,
             answer=state.answer,
             passage_ids=[p.chunk.id for p in state.passages],
+            usage=state.usage,
             trace=state.trace,
         )

@@ -1,0 +1,74 @@
+"""Params shared by every LLM stage: the ``llm`` spec (with the ``model:`` shorthand) and, for
+readers, the answer ``prompt`` and ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from ..stage import Params
+from .prompts import PromptSpec, resolve_prompt
+from .spec import LLMSpec, check_capabilities, coerce_llm
+
+__all__ = ["LLMParams", "ReaderLLMParams", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "qwen2.5-0.5b-instruct"
+
+
+class LLMParams(Params):
+    """``llm``: the model and backend (:class:`LLMSpec`). ``model: NAME`` in a config is shorthand
+    for ``llm: {backend: hf, model: NAME}``. Subclasses set ``needs`` (``logits``, ``kv``) and the
+    config is refused at load when the backend cannot give them."""
+
+    default_model: ClassVar[str] = DEFAULT_MODEL
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    llm: LLMSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return coerce_llm(data, cls.default_model)
+
+    @model_validator(mode="after")
+    def _capabilities(self) -> "LLMParams":
+        check_capabilities(self.llm, self.needs, "this stage")
+        return self
+
+    @property
+    def model(self) -> str:
+        """The model name (``llm.model``)."""
+        return self.llm.model
+
+
+class ReaderLLMParams(LLMParams):
+    """Reader params: ``prompt`` (answer style ``short``/``span``/``free``/``cite`` or a template
+    with ``{context}`` and ``{question}``) and ``max_new_tokens`` (default: the style's)."""
+
+    prompt: str = Field(default="short", description="answer style or template")
+    max_new_tokens: int | None = Field(default=None, description="answer length cap (default: the style's)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        resolve_prompt(v)
+        return v
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _mnt(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 8192:
+            raise ValueError(f"max_new_tokens must be in 1..8192 or null (the style's default), got {v}")
+        return v
+
+    @property
+    def prompt_spec(self) -> PromptSpec:
+        """The resolved style or template."""
+        return resolve_prompt(self.prompt)
+
+    @property
+    def answer_tokens(self) -> int:
+        """``max_new_tokens``, or the style's default."""
+        return self.max_new_tokens or self.prompt_spec.default_max_new_tokens
