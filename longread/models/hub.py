@@ -181,17 +181,23 @@ class ModelHub:
             self._loaded[key] = tok
         return self._loaded[key]
 
-    def causal_lm(self, name: str | Path) -> tuple[Any, Any]:
+    def causal_lm(self, name: str | Path, dtype: str | None = None) -> tuple[Any, Any]:
         """``(model, tokenizer)`` for causal LM ``name``, loaded once, in eval mode on the hub's device.
 
-        The dtype is the hub's (``"auto"``: see :func:`resolve_dtype`).
+        ``dtype`` overrides the hub's (``"auto"``: see :func:`resolve_dtype`); raises ``ValueError``
+        for an unknown one.
         """
         path = self.resolve(name)
-        key = ("causal_lm", str(path))
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        resolved = resolve_dtype(dtype or self.dtype, "causal_lm", self.device)
+        key = ("causal_lm", str(path)) if resolved == resolve_dtype(self.dtype, "causal_lm", self.device) else (
+            "causal_lm", str(path), resolved)
         if key not in self._loaded:
+            import torch
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=self._torch_dtype("causal_lm"))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolved))
             model.to(self.device)
             model.eval()
             tok = self.tokenizer(name)
@@ -199,6 +205,16 @@ class ModelHub:
                 model.generation_config.pad_token_id = tok.pad_token_id
             self._loaded[key] = model
         return self._loaded[key], self.tokenizer(name)
+
+    def backend(self, spec: Any, ctx: Any = None) -> Any:
+        """The generation backend for ``spec`` (a :class:`longread.llm.LLMSpec`), loaded once per hub:
+        stages naming the same spec share it (an ``hf`` model is shared by name anyway)."""
+        key = ("backend", spec.cache_key())
+        if key not in self._loaded:
+            from ..llm.base import backend_class
+
+            self._loaded[key] = backend_class(spec.backend)(spec, ctx)
+        return self._loaded[key]
 
     def encoder(self, name: str | Path) -> "Encoder":
         """The sentence encoder ``name`` (cached), via ``longread.encoders.load_encoder``."""
