@@ -91,3 +91,8 @@ def test_parse_citations():
     assert parse_citations(text, 4) == [2, 1, 3, 4]
     assert parse_citations("no markers", 3) == []
     assert strip_citations("Paris is the capital [2]. Old [1][3].") == "Paris is the capital. Old."
+
+
+def test_spec_round_trips_through_a_dump():
+    for spec in (LLMSpec(model="m"), LLMSpec(backend="openai", model="m", base_url="http://h/v1", api_key_env="K")):
+        assert LLMSpec.model_validate(spec.model_dump()) == spec
