@@ -281,7 +281,7 @@ def retrolm_memory_worker(model: str, n_tokens: int, budget: int, threads: int, 
         sampler = RssSampler()
         r([QAState(question=Question(id="w", question=q, doc_ids=["warm"]))])
         n_doc = len(tok(docs[1].text, add_special_tokens=False)["input_ids"])
-        n_layers, _, n_kv, d = r._layout
+        n_layers, _, n_kv, d = r.kv.layout
         # What holding the whole document's page KV (keys and values, float32) would take.
         out = {"model": model, "budget": budget, "doc_tokens": n_doc, "doc_kv_mb": n_doc * n_layers * n_kv * d * 2 * 4 / 2**20}
         for label in ("first", "second"):  # second: page KV from the disk cache
