@@ -171,9 +171,11 @@ def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
     if tr.get("error"):
         return {"id": q["id"], "error": str(tr["error"])[:300]}
     em, f1 = max_over_answers(st.answer or "", q["answers"])
-    ttft = tr.get("ttft_s")
+    # Typed usage of the reader's stage; trace keys for readers not yet on the generation layer.
+    u = next((u for u in st.usage if u.stage == key), None)
+    ttft = u.ttft_s if u is not None else tr.get("ttft_s")
     reader_s = tr.get("timings", {}).get(key, wall)
-    new = tr.get("new_tokens", 0)
+    new = u.new_tokens if u is not None else tr.get("new_tokens", 0)
     decode_s = tr.get("decode_s", max(1e-9, reader_s - (ttft or 0.0)))
     return {
         "id": q["id"],
@@ -185,7 +187,7 @@ def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
         "seconds": wall,
         "new_tokens": new,
         "decode_tok_s": (new - 1) / decode_s if new > 1 and decode_s > 0 else None,
-        "reader_tokens": tr.get("reader_tokens"),
+        "reader_tokens": u.prompt_tokens if u is not None else tr.get("reader_tokens"),
         "peak_rss_mb": sampler.peak,
         "rss_growth_mb": sampler.peak - base,
         "prefill_reused": tr.get("prefill_reused"),
@@ -281,7 +283,7 @@ def retrolm_memory_worker(model: str, n_tokens: int, budget: int, threads: int, 
         sampler = RssSampler()
         r([QAState(question=Question(id="w", question=q, doc_ids=["warm"]))])
         n_doc = len(tok(docs[1].text, add_special_tokens=False)["input_ids"])
-        n_layers, _, n_kv, d = r._layout
+        n_layers, _, n_kv, d = r.kv.layout
         # What holding the whole document's page KV (keys and values, float32) would take.
         out = {"model": model, "budget": budget, "doc_tokens": n_doc, "doc_kv_mb": n_doc * n_layers * n_kv * d * 2 * 4 / 2**20}
         for label in ("first", "second"):  # second: page KV from the disk cache

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from longread import registry
+from longread.config import ConfigError, parse_config
+from longread.llm.hf import decode
+from longread.llm.prompts import clean_answer
 from longread.readers.refrag import (
+    PROMPT,
     ChunkStore,
     Projector,
     RefragReader,
     build_inputs,
     chunk_ids,
-    greedy_decode,
+    decode_embeds,
     load_projector,
     prompt_parts,
     resolve_projector_path,
@@ -40,6 +45,11 @@ def _stage(hub, lm, enc, tmp_path: Path | None = None, **kw) -> RefragReader:
     st = RefragReader(RefragReader.Params(**params))
     st.setup(RunContext(models=hub, cache_dir=tmp_path))
     return st
+
+
+def _usage(state: QAState):
+    (u,) = [u for u in state.usage if u.stage == "reader.refrag"]
+    return u
 
 
 def _state(context: str | None = CONTEXT, question: str = "What is the capital of Freedonia?", passages=()):
@@ -103,7 +113,9 @@ def test_missing_projector_says_how_to_train(tmp_path):
         ("k", 65, "got 65"),
         ("expand_fraction", 1.5, "got 1.5"),
         ("expand_fraction", -0.1, "got -0.1"),
-        ("max_new_tokens", 0, "max_new_tokens must be > 0"),
+        ("max_new_tokens", 0, "max_new_tokens must be in 1..8192"),
+        ("prompt", "cite", "prompt 'cite' needs numbered passages"),
+        ("prompt", "{question} only", "must contain {context}"),
         ("max_context_tokens", -5, "got -5"),
         ("batch_size", 0, "batch_size must be > 0"),
         ("projector", " ", "projector must be a non-empty"),
@@ -143,7 +155,7 @@ def test_decoder_input_length_counts_vectors_expanded_tokens_and_prompt(hub, tin
         chosen = select_expanded([float(e @ q) for e in store.embeddings], frac)
         n_exp_tokens = sum(len(chunks[i]) for i in chosen)
         want = len(parts.prefix) + (len(chunks) - expanded) + n_exp_tokens + len(parts.suffix)
-        assert counts["reader_tokens"] == want == x.shape[0]
+        assert counts["positions"] == want == x.shape[0]
         assert x.shape[1] == st.model.config.hidden_size
 
 
@@ -162,26 +174,29 @@ def test_full_expansion_equals_plain_token_prefill(hub, tiny_lm_dir, tiny_encode
         + tok(passages[1], add_special_tokens=False)["input_ids"]
         + parts.suffix
     )
-    assert counts["reader_tokens"] == len(ids)
+    assert counts["positions"] == len(ids)
     with torch.no_grad():
         a = st.model(inputs_embeds=x[None]).logits
         b = st.model(input_ids=torch.tensor([ids])).logits
     assert torch.equal(a, b)
-    # And the stage's answer equals greedy decoding from the plain tokens.
-    plain, _ = greedy_decode(st.model, tok, [build_inputs(st.model, [Segment(ids=ids)])], max_new_tokens=6)
+    # And the stage's answer equals the one decoding loop run on the plain tokens.
+    (plain,) = decode(st.model, tok, input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids))[None],
+                      max_new_tokens=6)
+    (embedded,) = decode_embeds(st.model, tok, [build_inputs(st.model, [Segment(ids=ids)])], max_new_tokens=6)
+    assert embedded.ids == plain.ids and len(plain.ids) > 0
     out = st([state])[0]
-    assert out.answer == tok.decode(plain[0], skip_special_tokens=True).strip()
-    assert out.trace["new_tokens"] == len(plain[0])
+    assert out.answer == clean_answer(plain.text)
+    assert _usage(out).new_tokens == plain.steps and _usage(out).prompt_tokens == len(ids)
 
 
 def test_compression_changes_the_input_and_counts_trace(hub, tiny_lm_dir, tiny_encoder_dir):
     st = _stage(hub, tiny_lm_dir, tiny_encoder_dir, expand_fraction=0.0)
     out = st([_state()])[0]
-    tr = out.trace
+    tr, u = out.trace, _usage(out)
     assert tr["chunks_expanded"] == 0 and tr["chunks_total"] > 3
-    assert tr["reader_tokens"] < len(st.tokenizer(CONTEXT, add_special_tokens=False)["input_ids"])
-    assert tr["ttft_s"] > 0 and tr["llm_calls"]["reader.refrag"] == 1
-    assert tr["llm_tokens"]["reader.refrag"] == tr["reader_tokens"] + tr["new_tokens"]
+    assert u.prompt_tokens < len(st.tokenizer(CONTEXT, add_special_tokens=False)["input_ids"])
+    assert u.ttft_s > 0 and u.calls == 1 and 1 <= u.new_tokens <= 6 and (u.backend, u.prefill_tokens) == ("hf", 0)
+    assert not {"reader_tokens", "ttft_s", "new_tokens", "llm_calls", "llm_tokens"} & set(tr)  # typed usage only
     assert "reader.refrag" in tr["timings"]
     assert isinstance(out.answer, str)
 
@@ -244,6 +259,42 @@ def test_yaml_config_validates():
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "refrag.yaml")
     assert any(s.key == "reader.refrag" for s in cfg.stages)
+
+
+def test_short_prompt_is_todays_text_and_other_styles_change_it(hub, tiny_lm_dir, tiny_encoder_dir):
+    st = _stage(hub, tiny_lm_dir, tiny_encoder_dir)
+    tok, q = st.tokenizer, "Who founded Zorbatown?"
+    today = tok.apply_chat_template([{"role": "user", "content": PROMPT.replace("{question}", q).replace("{context}", "CTX")}],
+                                    tokenize=False, add_generation_prompt=True)
+    before, after = today.split("CTX")
+    parts = prompt_parts(tok, q)
+    assert parts.prefix == tok(before, add_special_tokens=False)["input_ids"]
+    assert parts.suffix == tok(after, add_special_tokens=False)["input_ids"]
+    free = prompt_parts(tok, q, "free")
+    assert free.prefix != parts.prefix and "Question: Who founded Zorbatown?\nAnswer:" in tok.decode(free.suffix)
+    tpl = prompt_parts(tok, q, "Passages:\n{context}\nQ: {question}")
+    assert tok.decode(tpl.suffix).startswith("\nQ: Who founded Zorbatown?")
+    long = _stage(hub, tiny_lm_dir, tiny_encoder_dir, prompt="free", max_new_tokens=None)
+    assert long.params.answer_tokens == 256
+    # Only the prompt around the context changes: the context's positions stay the same.
+    out = _stage(hub, tiny_lm_dir, tiny_encoder_dir, prompt="free")([_state(question=q)])[0]
+    context_positions = st.prepare(_state(question=q))[1]["positions"] - len(parts.prefix) - len(parts.suffix)
+    assert _usage(out).prompt_tokens == context_positions + len(free.prefix) + len(free.suffix)
+
+
+def test_no_deprecation_warnings(hub, tiny_lm_dir, tiny_encoder_dir, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st = _stage(hub, tiny_lm_dir, tiny_encoder_dir, tmp_path=tmp_path, expand_fraction=0.5, batch_size=2)
+        st([_state(), _state(question="When was it founded?")])
+
+
+def test_backends_without_kv_are_refused_at_config_load():
+    for backend in ("llamacpp", "vllm"):
+        cfg = {"name": "r", "stages": [{"key": "reader.refrag", "params": {"llm": {"backend": backend, "model": "m"}}}]}
+        with pytest.raises(ConfigError, match=rf"reader\.refrag.*needs kv.*'{backend}'.*use backend 'hf'"):
+            parse_config(cfg)
+    assert RefragReader.Params(model="x").llm.model == "x" and RefragReader.Params().model == "smollm2-135m-instruct"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""reader.retrolm: paging, bounded prefill, selection, re-rotation, page-KV cache reuse."""
+"""reader.retrolm: paging, bounded prefill, selection, re-rotation, page-KV cache reuse, decoding through llm.hf."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 
 from longread import registry
 from longread.config import ConfigError, parse_config
+from longread.llm.hf import decode, forward
 from longread.pipelines.store import CorpusStore
 from longread.readers.kvcache import cache_layers, make_cache, rerotate_keys, rope_inv_freq, unrotate_keys
-from longread.readers.retrolm import RetroLMParams, RetroLMReader
+from longread.readers.retrolm import DEFAULT_INSTRUCTION, FORMAT_VERSION, RetroLMParams, RetroLMReader, store
 from longread.stage import RunContext
 from longread.types import Document, QAState, Question
 
@@ -48,6 +50,11 @@ def _ask(reader: RetroLMReader, qid: str, question: str, doc_ids: list[str] | No
     return reader([QAState(question=Question(id=qid, question=question, doc_ids=doc_ids))])[0]
 
 
+def _usage(state: QAState):
+    (u,) = [u for u in state.usage if u.stage == "reader.retrolm"]
+    return u
+
+
 # ---------------------------------------------------------------------- params
 @pytest.mark.parametrize(
     "params, needle",
@@ -56,7 +63,10 @@ def _ask(reader: RetroLMReader, qid: str, question: str, doc_ids: list[str] | No
         ({"page_size": 0}, "page_size must be in [1, 8192], got 0"),
         ({"recent_pages": 3, "page_size": 32, "budget_tokens": 64}, "exceeds budget_tokens (64)"),
         ({"sink_tokens": -1}, "sink_tokens must be >= 0, got -1"),
-        ({"max_new_tokens": 0}, "max_new_tokens must be > 0, got 0"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be in 1..8192 or null (the style's default), got 0"),
+        ({"prompt": "cite"}, "prompt 'cite' needs numbered passages"),
+        ({"prompt": "Q: {question}\n{context}"}, "{context} once and before {question}"),
+        ({"instruction": "Say it.", "prompt": "free"}, "either instruction (older configs) or prompt"),
         ({"score_layers": []}, "score_layers must be None"),
         ({"positions": "absolute"}, "compact"),
         ({"budget": 10}, "extra"),
@@ -79,13 +89,11 @@ def test_registered_and_validated_from_config() -> None:
 # ------------------------------------------------------------------ rotation
 def _keys_at(model, ids: list[int], start: int) -> list[torch.Tensor]:
     with torch.inference_mode():
-        out = model.model(
-            input_ids=torch.tensor([ids]),
-            position_ids=torch.arange(start, start + len(ids))[None],
-            past_key_values=make_cache([]),
-            use_cache=True,
+        _, cache = forward(
+            model.model, cache=make_cache([]), input_ids=torch.tensor([ids]),
+            position_ids=torch.arange(start, start + len(ids))[None], use_cache=True,
         )
-    return [k[0] for k, _ in cache_layers(out.past_key_values)]
+    return [k[0] for k, _ in cache_layers(cache)]
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -120,8 +128,8 @@ def test_pages_split_cover_the_document_with_char_spans(hub, tiny_lm_dir: Path) 
     r = _reader(tiny_lm_dir, page_size=16, sink_tokens=3, cache=False)
     r.setup(_ctx(hub, [Document(id="d", text=text)], None))
     doc = r.read(text)
-    n_tokens = len(r._tok(text, add_special_tokens=False)["input_ids"])
-    prefix = len(r._prefix_ids())
+    n_tokens = len(r.prompt.document_ids(text))
+    prefix = len(r.prompt.prefix_ids)
     assert doc.sink_len == prefix + 3
     assert doc.n_pages == -(-(n_tokens - 3) // 16)
     bounds = doc.tensor("bounds").tolist()
@@ -144,17 +152,19 @@ def test_budget_respected_and_recent_pages_always_selected(hub, tiny_lm_dir: Pat
     pages = t["retrolm_pages"]
     assert pages == sorted(pages) and len(pages) == t["pages_selected"]
     assert {t["pages_total"] - 2, t["pages_total"] - 1} <= set(pages)  # nearest the question
-    suffix = r._render("What is the capital of Freedonia?")[1]
-    n_suffix = len(r._tok(suffix, add_special_tokens=False)["input_ids"])
+    n_suffix = len(r.prompt.suffix_ids("What is the capital of Freedonia?"))
     doc = r.read(text)
     bounds = doc.tensor("bounds")
     kept = sum(int(bounds[i, 1] - bounds[i, 0]) for i in pages)
     assert kept + 4 <= 64  # sink doc tokens count against the budget
     lengths = [int(b - a) for a, b in bounds.tolist()]
     assert min(n for i, n in enumerate(lengths) if i not in pages) > 64 - 4 - kept  # greedy fill: nothing else fits
-    assert t["reader_tokens"] == doc.sink_len + kept + n_suffix
-    assert isinstance(s.answer, str) and t["new_tokens"] <= 4 and t["ttft_s"] > 0
-    assert t["llm_calls"] == {"reader.retrolm": 1}
+    u = _usage(s)
+    assert u.prompt_tokens == doc.sink_len + kept + n_suffix  # what the answer attended to
+    assert u.prefill_tokens == len(r.prompt.prefix_ids) + len(r.prompt.document_ids(text))  # prefilled now
+    assert isinstance(s.answer, str) and 1 <= u.new_tokens <= 4 and u.ttft_s > 0 and u.calls == 1
+    assert (u.backend, u.model) == ("hf", str(tiny_lm_dir))
+    assert not {"reader_tokens", "ttft_s", "new_tokens", "llm_calls", "llm_tokens"} & set(t)  # typed usage only
 
 
 def test_select_pages_takes_best_scores_within_budget(hub, tiny_lm_dir: Path) -> None:
@@ -188,11 +198,11 @@ def test_all_pages_with_full_window_equal_full_attention(hub, tiny_lm_dir: Path,
     r.setup(_ctx(hub, [Document(id="d", text=text)], None))
     doc = r.read(text)
     assert doc.n_pages > 3
-    suffix = r._tok(r._render("Where is the football?")[1], add_special_tokens=False)["input_ids"]
+    suffix = r.prompt.suffix_ids("Where is the football?")
     paged = r.decode_logits(doc, list(range(doc.n_pages)), suffix)
-    ids = r._prefix_ids() + r._tok(text, add_special_tokens=False)["input_ids"] + suffix
+    ids = r.prompt.prefix_ids + r.prompt.document_ids(text) + suffix
     with torch.inference_mode():
-        full = r._model(input_ids=torch.tensor([ids])).logits[0, -len(suffix) :].float()
+        full = r.kv.model(input_ids=torch.tensor([ids])).logits[0, -len(suffix) :].float()
     assert torch.allclose(paged, full, atol=1e-4), (paged - full).abs().max()
 
 
@@ -202,11 +212,11 @@ def test_bounded_window_differs_from_full_attention(hub, tiny_lm_dir: Path) -> N
     r = _reader(tiny_lm_dir, page_size=16, budget_tokens=4096, local_pages=1, positions="original", cache=False)
     r.setup(_ctx(hub, [Document(id="d", text=text)], None))
     doc = r.read(text)
-    suffix = r._tok(r._render("Where?")[1], add_special_tokens=False)["input_ids"]
+    suffix = r.prompt.suffix_ids("Where?")
     paged = r.decode_logits(doc, list(range(doc.n_pages)), suffix)
-    ids = r._prefix_ids() + r._tok(text, add_special_tokens=False)["input_ids"] + suffix
+    ids = r.prompt.prefix_ids + r.prompt.document_ids(text) + suffix
     with torch.inference_mode():
-        full = r._model(input_ids=torch.tensor([ids])).logits[0, -len(suffix) :].float()
+        full = r.kv.model(input_ids=torch.tensor([ids])).logits[0, -len(suffix) :].float()
     assert not torch.allclose(paged, full, atol=1e-4)
 
 
@@ -227,6 +237,7 @@ def test_second_question_reuses_page_kv_without_prefill(hub, tiny_lm_dir: Path, 
     second = _ask(r, "q2", "How long is the Nile?", ["d"])
     assert r.stats["pages_prefilled"] == pages and r.stats["documents_prefilled"] == 1
     assert second.trace["prefill_reused"] is True
+    assert _usage(first).prefill_tokens > 0 and _usage(second).prefill_tokens == 0  # the second prefills nothing
     # A new process (new stage) on the same cache dir reads the file instead of prefilling.
     r2 = _reader(tiny_lm_dir)
     r2.setup(_ctx(hub, docs, tmp_path))
@@ -271,21 +282,20 @@ def test_cache_key_depends_on_page_size_dtype_and_text(tiny_lm_dir: Path, tmp_pa
 def test_cache_of_an_older_format_is_not_read_but_rebuilt(
     hub, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import longread.readers.retrolm as retrolm
-
     text = _text(6)
     docs = [Document(id="d", text=text)]
     r = _reader(tiny_lm_dir)
     r.setup(_ctx(hub, docs, tmp_path))
     new_key = r.cache_key(text)
-    monkeypatch.setattr(retrolm, "FORMAT_VERSION", 1)
+    assert FORMAT_VERSION == store.FORMAT_VERSION == 2
+    monkeypatch.setattr(store, "FORMAT_VERSION", 1)
     old_key = r.cache_key(text)
     assert old_key != new_key  # the format version is part of the key
     # A format-1 cache (one file per document, named by the old key) beside it is left alone.
-    old_file = tmp_path / "retrolm" / r._cache_root.name / f"{old_key}.safetensors"
+    old_file = tmp_path / "retrolm" / r.store.cache_root.name / f"{old_key}.safetensors"
     old_file.parent.mkdir(parents=True)
     old_file.write_bytes(b"format 1 page KV")
-    monkeypatch.setattr(retrolm, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(store, "FORMAT_VERSION", 2)
     s = _ask(r, "q", "What is the capital of Freedonia?", ["d"])
     assert s.trace["prefill_reused"] is False and r.stats["disk_hits"] == 0
     assert _doc_dir(tmp_path).name == new_key and old_file.read_bytes() == b"format 1 page KV"
@@ -399,18 +409,16 @@ def test_each_page_file_holds_that_pages_kv(hub, tiny_lm_dir: Path, tmp_path: Pa
     r = _reader(tiny_lm_dir, local_pages=0, sink_tokens=3)
     r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path))
     doc = r.read(text)
-    doc_ids = r._tok(text, add_special_tokens=False)["input_ids"]
-    sink_ids = r._prefix_ids() + doc_ids[:3]
+    doc_ids = r.prompt.document_ids(text)
+    sink_ids = r.prompt.prefix_ids + doc_ids[:3]
     root = _doc_dir(tmp_path)
     assert doc.n_pages > 3 and doc.path == root
     for i, (b0, b1) in enumerate(doc.tensor("bounds").tolist()):
         page = doc_ids[3 + b0 - doc.sink_len : 3 + b1 - doc.sink_len]
         with torch.inference_mode():
-            out = r._model.model(
-                input_ids=torch.tensor([sink_ids + page]), past_key_values=make_cache([]), use_cache=True
-            )
-        want_k = torch.stack([k[0, :, -len(page) :] for k, _ in cache_layers(out.past_key_values)])
-        want_v = torch.stack([v[0, :, -len(page) :] for _, v in cache_layers(out.past_key_values)])
+            _, cache = forward(r.kv.body, cache=make_cache([]), input_ids=torch.tensor([sink_ids + page]), use_cache=True)
+        want_k = torch.stack([k[0, :, -len(page) :] for k, _ in cache_layers(cache)])
+        want_v = torch.stack([v[0, :, -len(page) :] for _, v in cache_layers(cache)])
         got = load_file(str(root / f"page-{i:05d}.safetensors"))
         assert got["k"].dtype == torch.float32
         assert torch.allclose(got["k"], want_k, atol=1e-5) and torch.allclose(got["v"], want_v, atol=1e-5), i
@@ -426,8 +434,8 @@ def test_fresh_cached_memory_and_index_page_kv_give_the_same_answer(hub, tiny_lm
     def record(r: RetroLMReader) -> None:
         s = _ask(r, f"q{len(results)}", q, ["d"])
         doc = r.read(text)
-        suffix = r._tok(r._render(q)[1], add_special_tokens=False)["input_ids"]
-        results.append((s.trace, s.answer, r.score_pages(doc, suffix), r.decode_logits(doc, s.trace["retrolm_pages"], suffix)))
+        suffix = r.prompt.suffix_ids(q)
+        results.append((s.trace | {"prompt_tokens": _usage(s).prompt_tokens}, s.answer, r.score_pages(doc, suffix), r.decode_logits(doc, s.trace["retrolm_pages"], suffix)))
 
     fresh = _reader(tiny_lm_dir, **params)
     fresh.setup(_ctx(hub, docs, tmp_path / "cache"))
@@ -452,7 +460,7 @@ def test_fresh_cached_memory_and_index_page_kv_give_the_same_answer(hub, tiny_lm
     assert trace0["pages_selected"] < trace0["pages_total"]
     for trace, answer, scores, logits in results[1:]:
         assert trace["retrolm_pages"] == trace0["retrolm_pages"] and trace["retrolm_spans"] == trace0["retrolm_spans"]
-        assert answer == answer0 and trace["reader_tokens"] == trace0["reader_tokens"]
+        assert answer == answer0 and trace["prompt_tokens"] == trace0["prompt_tokens"]
         assert torch.allclose(scores, scores0, atol=1e-5)
         assert torch.allclose(logits, logits0, atol=1e-5), (logits - logits0).abs().max()
 
@@ -460,11 +468,9 @@ def test_fresh_cached_memory_and_index_page_kv_give_the_same_answer(hub, tiny_lm
 def test_failed_write_leaves_no_cache_and_the_next_question_rebuilds(
     hub, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import longread.readers.retrolm as retrolm
-
     text = _text(10)
     docs = [Document(id="d", text=text)]
-    real_write = retrolm._write_tensors
+    real_write = store.write_tensors
     written: list[str] = []
 
     def failing_write(path: Path, tensors: dict, metadata: dict) -> None:
@@ -473,14 +479,14 @@ def test_failed_write_leaves_no_cache_and_the_next_question_rebuilds(
         real_write(path, tensors, metadata)
         written.append(path.name)
 
-    monkeypatch.setattr(retrolm, "_write_tensors", failing_write)
+    monkeypatch.setattr(store, "write_tensors", failing_write)
     r = _reader(tiny_lm_dir)
     r.setup(_ctx(hub, docs, tmp_path))
     with pytest.raises(OSError, match="injected"):
         _ask(r, "q1", "What is the capital of Freedonia?", ["d"])
     assert written == ["page-00000.safetensors", "page-00001.safetensors", "page-00002.safetensors"]
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing left, not even the temp dir
-    monkeypatch.setattr(retrolm, "_write_tensors", real_write)
+    monkeypatch.setattr(store, "write_tensors", real_write)
     s = _ask(r, "q2", "What is the capital of Freedonia?", ["d"])
     assert s.trace["prefill_reused"] is False and r.stats["documents_prefilled"] == 1
     assert r.stats["pages_prefilled"] == 3 + s.trace["pages_total"]
@@ -495,20 +501,21 @@ _KILLED_WRITER = """
 import os, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-import longread.readers.retrolm as retrolm
+import longread.readers.retrolm.store as store
+from longread.readers.retrolm import RetroLMReader
 from longread.models.hub import ModelHub
 from longread.pipelines.store import CorpusStore
 from longread.stage import RunContext
 from longread.types import Document
 
-real, n = retrolm._write_tensors, []
+real, n = store.write_tensors, []
 def write(path, tensors, metadata):
     real(path, tensors, metadata)
     n.append(path)
     if len(n) == 4:
         os._exit(3)  # killed mid-document: no exception handler, no cleanup runs
-retrolm._write_tensors = write
-r = retrolm.RetroLMReader({"model": sys.argv[1], "page_size": 16, "budget_tokens": 64, "local_pages": 2})
+store.write_tensors = write
+r = RetroLMReader({"model": sys.argv[1], "page_size": 16, "budget_tokens": 64, "local_pages": 2})
 hub = ModelHub(cache_dir=sys.argv[3], dtype="float32")
 r.setup(RunContext(models=hub, store=CorpusStore([], []), cache_dir=Path(sys.argv[2])))
 r.read(sys.argv[4])
@@ -591,14 +598,14 @@ def test_memory_while_reading_does_not_grow_with_the_document(hub, tiny_lm_dir: 
         text = _text(n_sentences)
         r = _reader(tiny_lm_dir, page_size=16, budget_tokens=64, local_pages=2, max_new_tokens=2)
         r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path / str(n_sentences)))
-        meter = _LiveTensorBytes(r._model.model)
+        meter = _LiveTensorBytes(r.kv.body)
         try:
             s = _ask(r, "q", "What is the capital of Freedonia?", ["d"])
         finally:
             meter.close()
         peaks.append(meter.peak)
         pages.append(s.trace["pages_total"])
-        n_layers, _, n_kv, d = r._layout
+        n_layers, _, n_kv, d = r.kv.layout
         doc_tokens = int(r.read(text).tensor("bounds").diff(dim=1).sum())
         kv_bytes.append(doc_tokens * n_layers * n_kv * d * 2 * 4)  # keys and values, float32
         assert s.trace["pages_selected"] < s.trace["pages_total"]
@@ -615,10 +622,75 @@ def test_a_question_reads_only_the_pages_it_selected(hub, tiny_lm_dir: Path, tmp
     doc = r.read(text)  # from disk now
     assert doc.source == "disk"
     q = "How long is the Nile?"
-    suffix = r._tok(r._render(q)[1], add_special_tokens=False)["input_ids"]
-    lengths = [int(b - a) for a, b in doc.tensor("bounds").tolist()]
-    selected = r.select_pages(lengths, r.score_pages(doc, suffix))
+    suffix = r.prompt.suffix_ids(q)
+    selected = r.select_pages(doc.lengths, r.score_pages(doc, suffix))
     assert doc.page_reads == []  # scoring reads summaries only
     r.decode_logits(doc, selected, suffix)
     assert sorted(doc.page_reads) == sorted(f"page.{i}.{kv}" for i in selected for kv in "kv")  # each once
     assert len(selected) < doc.n_pages and not any(name.startswith("page.") for name in doc._cache)
+
+
+# ------------------------------------------------ the generation layer underneath
+def test_answer_equals_hf_decode_on_a_plain_full_prefill(hub, tiny_lm_dir: Path) -> None:
+    # All pages selected, a window over the whole document: the reader's answer is, token for
+    # token, what the one decoding loop gives after an ordinary prefill of prefix + document.
+    text = _text(8)
+    q = "Where is the football?"
+    r = _reader(tiny_lm_dir, page_size=16, budget_tokens=4096, local_pages=1000, max_new_tokens=12, cache=False)
+    r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+    s = _ask(r, "q", q, ["d"])
+    doc = r.read(text)
+    assert s.trace["retrolm_pages"] == list(range(doc.n_pages)) and doc.n_pages > 3
+    ctx_ids = r.prompt.prefix_ids + r.prompt.document_ids(text)
+    suffix = r.prompt.suffix_ids(q)
+    with torch.inference_mode():
+        _, cache = forward(r.kv.model, input_ids=torch.tensor([ctx_ids]), position_ids=torch.arange(len(ctx_ids))[None],
+                           use_cache=True)
+    (want,) = decode(r.kv.model, r.kv.tokenizer, input_ids=torch.tensor([suffix]), cache=cache, max_new_tokens=12,
+                     position_ids=torch.arange(len(ctx_ids), len(ctx_ids) + len(suffix))[None])
+    got, kv_len = r.generate(doc, s.trace["retrolm_pages"], suffix)
+    assert got.ids == want.ids and len(want.ids) > 0 and kv_len == len(ctx_ids)
+    assert s.trace["raw_answer"] == want.text and _usage(s).new_tokens == want.steps
+
+
+def test_no_deprecation_warnings(hub, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    text = _text(10)
+    r = _reader(tiny_lm_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r.setup(_ctx(hub, [Document(id="d", text=text)], tmp_path))
+        _ask(r, "q1", "What is the capital of Freedonia?", ["d"])  # prefill, scoring, decoding
+        _ask(r, "q2", "How long is the Nile?", ["d"])  # from the page store
+
+
+def test_backends_without_kv_are_refused_at_config_load() -> None:
+    for backend in ("llamacpp", "openai", "vllm"):
+        llm = {"backend": backend, "model": "m"} | ({"base_url": "http://127.0.0.1:8080/v1"} if backend == "openai" else {})
+        cfg = {"name": "r", "stages": [{"key": "reader.retrolm", "params": {"llm": llm}}]}
+        with pytest.raises(ConfigError, match=rf"reader\.retrolm.*needs kv.*'{backend}'.*use backend 'hf'"):
+            parse_config(cfg)
+    assert parse_config({"name": "r", "stages": [{"key": "reader.retrolm", "params": {"llm": {"backend": "hf", "model": "m"}}}]})
+
+
+def test_prompt_styles_shape_prefix_and_suffix(hub, tiny_lm_dir: Path) -> None:
+    # short = today's wording, whether given as the default or as the older `instruction` param.
+    assert DEFAULT_INSTRUCTION == (
+        "Answer the question using the document below. Reply with only the answer, as a short phrase "
+        "of a few words, with no explanation."
+    )
+    assert RetroLMParams().message("DOC", "Q?") == f"{DEFAULT_INSTRUCTION}\n\nDOC\n\nQuestion: Q?\nAnswer:"
+    assert RetroLMParams(instruction=DEFAULT_INSTRUCTION).message("DOC", "Q?") == RetroLMParams().message("DOC", "Q?")
+    assert RetroLMParams(prompt="free").answer_tokens == 256 and RetroLMParams(prompt="free").cleaner == "free"
+    text = _text(6)
+    readers = {}
+    for name, extra in {"short": {}, "free": {"prompt": "free"}, "tpl": {"prompt": "Text:\n{context}\nAsk: {question}"}}.items():
+        r = _reader(tiny_lm_dir, cache=False, **extra)
+        r.setup(_ctx(hub, [Document(id="d", text=text)], None))
+        readers[name] = r
+    prefix, suffix = readers["tpl"].prompt.render("Who?")
+    assert prefix.endswith("Text:\n") and suffix.startswith("\nAsk: Who?")
+    assert readers["short"].prompt.render("Who?")[0].endswith(f"{DEFAULT_INSTRUCTION}\n\n")
+    # The prefix is part of the page-KV key: another style is another cache entry.
+    assert len({r.cache_key(text) for r in readers.values()}) == 3
+    s = _ask(readers["free"], "q", "Who wrote Hamlet?", ["d"])
+    assert _usage(s).new_tokens <= 4 and isinstance(s.answer, str)  # max_new_tokens overrides the style's 256

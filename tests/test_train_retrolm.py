@@ -13,15 +13,8 @@ from safetensors.torch import load_file, save_file
 from longread.cli import main as cli_main
 from longread.pipelines.store import CorpusStore
 from longread.readers.retrolm import RetroLMParams, RetroLMReader
-from longread.readers.retrolm_scorer import (
-    ScorerSpec,
-    info_nce,
-    load_scorer,
-    make_scorer,
-    save_scorer,
-    score_features,
-    training_free_scores,
-)
+from longread.readers.retrolm.scoring import query_vectors, training_free_scores
+from longread.readers.retrolm.trained import ScorerSpec, info_nce, load_scorer, make_scorer, save_scorer, score_features
 from longread.stage import RunContext
 from longread.testing import TINY_TEXT
 from longread.train.retrolm import (
@@ -74,12 +67,12 @@ def _reader(tiny_lm_dir: Path, hub, text: str = "x", **params) -> RetroLMReader:
 def tiny_examples(hub, tiny_lm_dir):
     r = _reader(tiny_lm_dir, hub)
     raw = _squad(4)["data"]
-    exs = [extract_examples(r, build_article(a, r._tok, max_tokens=400, questions=4))[0] for a in raw]
+    exs = [extract_examples(r, build_article(a, r.kv.tokenizer, max_tokens=400, questions=4))[0] for a in raw]
     return r, exs
 
 
 def _spec(r: RetroLMReader, rank: int = 2, **kw) -> ScorerSpec:
-    n_layers, heads, kv, d = r._layout
+    n_layers, heads, kv, d = r.kv.layout
     args = dict(model=r.params.model, page_size=r.params.page_size, layers=list(range(n_layers)), n_layers=n_layers,
                 heads=heads, kv_heads=kv, head_dim=d, rank=rank)
     args.update(kw)
@@ -134,13 +127,13 @@ def test_training_free_scores_from_features_equal_the_readers(hub, tiny_lm_dir, 
     r, _ = tiny_examples
     text = " ".join(LINES[:12])
     doc = r.read(text)
-    suffix = r._tok(r._render("What is the capital of Freedonia?")[1], add_special_tokens=False)["input_ids"]
+    suffix = r.prompt.suffix_ids("What is the capital of Freedonia?")
     feats = r.page_features(doc, suffix)
     assert feats["quest"].shape == (2, 4, doc.n_pages) and feats["s"].shape == (2, doc.n_pages, 3 * 2 * 16)
     quest = r.score_pages(doc, suffix)
     assert torch.allclose(quest, training_free_scores(feats, "quest") / doc.n_pages, atol=1e-6)
     assert float(quest.sum()) == pytest.approx(1.0, abs=1e-5)
-    mk = RetroLMReader({**r.params.model_dump(), "scorer": "mean_key"})
+    mk = RetroLMReader({**r.params.model_dump(exclude_unset=True), "scorer": "mean_key"})
     mk.setup(RunContext(models=hub))
     assert torch.allclose(mk.score_pages(mk.read(text), suffix), training_free_scores(feats, "mean_key") / doc.n_pages, atol=1e-6)
     assert not torch.allclose(quest, mk.score_pages(mk.read(text), suffix))
@@ -203,7 +196,7 @@ def test_scorer_round_trips_and_mismatches_are_refused(tiny_examples, tmp_path: 
             p.add_(torch.randn_like(p))
     path = tmp_path / "s.safetensors"
     save_scorer(scorer, spec, path)
-    got, gspec, meta = load_scorer(path, model=r.params.model, page_size=16, layout=tuple(r._layout))
+    got, gspec, meta = load_scorer(path, model=r.params.model, page_size=16, layout=tuple(r.kv.layout))
     assert set(got) == set(scorer) and all(torch.equal(got[k], scorer[k]) for k in scorer)
     assert gspec.layers == [1] and gspec.rank == 3 and meta["format"] == "longread-retrolm-scorer-v1"
     with pytest.raises(ValueError, match="trained for model"):
@@ -278,7 +271,7 @@ def test_reader_selects_pages_through_a_trained_scorer(hub, tiny_lm_dir, tiny_ex
     kw = {"budget_tokens": 32, "recent_pages": 1, "follow_pages": 0}
     quest = _reader(tiny_lm_dir, hub, text, **kw)
     doc = quest.read(text)
-    suffix = quest._tok(quest._render(question)[1], add_special_tokens=False)["input_ids"]
+    suffix = quest.prompt.suffix_ids(question)
     base = quest.score_pages(doc, suffix)[:-1]  # pages other than the recent one
     assert doc.n_pages > 4 and int(base.argmax()) != int(base.argmin())
     # Hand-set weights: minus quest, so the page quest likes least must win.
@@ -304,7 +297,7 @@ def test_reader_selects_pages_through_a_trained_scorer(hub, tiny_lm_dir, tiny_ex
     path = tmp_path / "bil.safetensors"
     save_scorer(scorer, spec, path)
     bil = _reader(tiny_lm_dir, hub, text, scorer=str(path), **kw)
-    q = bil._query_vectors(doc, suffix)[1].mean(dim=1).reshape(-1)
+    q = query_vectors(bil.kv, doc, suffix, [1])[1].mean(dim=1).reshape(-1)
     q = q / q.pow(2).mean().sqrt()
     s = torch.cat([doc.tensor(f"summary.{k}")[1] for k in ("mean", "min", "max")], dim=-1)  # [kvH, P, 3d]
     s = s.transpose(0, 1).reshape(doc.n_pages, -1)

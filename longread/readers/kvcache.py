@@ -6,7 +6,8 @@ cache, which is what transformers 5.x does. Keys in a cache therefore carry thei
 these helpers move them to other positions without running the model again, using
 ``R(a) R(b) = R(a + b)``.
 
-Shared by ``reader.retrolm`` (and usable by ``reader.refrag``).
+Shared by ``reader.retrolm``; model calls that take these caches go through
+:func:`longread.llm.hf.forward` (``cache=``, the transformers 5.x keyword).
 """
 
 from __future__ import annotations
@@ -108,10 +109,11 @@ def model_layout(model: Any) -> tuple[int, int, int, int]:
 
 
 def make_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """A transformers ``DynamicCache`` holding the given per-layer ``(keys, values)``.
+    """A transformers 5.x ``DynamicCache`` holding the given per-layer ``(keys, values)``.
 
-    Tensors are ``[batch, kv_heads, T, head_dim]``. Filled through ``update`` so it follows the
-    installed transformers' cache API rather than its constructor's signature.
+    Tensors are ``[batch, kv_heads, T, head_dim]``. Filled through ``Cache.update(keys, values,
+    layer_idx)``; built without a model config on purpose: a config with sliding-window layers
+    would make those layers drop the page KV outside the window.
     """
     from transformers import DynamicCache
 
@@ -122,7 +124,11 @@ def make_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
 
 
 def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer ``(keys, values)`` of a transformers cache (``DynamicCache`` in 4.5x and 5.x)."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache.key_cache))]  # pragma: no cover
+    """Per-layer ``(keys, values)`` of a transformers 5.x cache (``Cache.layers``).
+
+    Raises ``TypeError`` for anything else (a legacy tuple cache).
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"expected a transformers Cache with .layers, got {type(cache).__name__}")
+    return [(layer.keys, layer.values) for layer in layers]

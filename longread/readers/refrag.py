@@ -6,8 +6,11 @@ tokens. A light encoder embeds each chunk's text (re-tokenised with its own toke
 learned 2-layer MLP projector maps each embedding into the decoder's input-embedding space, so
 the decoder reads ONE position per compressed chunk through ``inputs_embeds``. A fraction
 ``expand_fraction`` of the chunks, those whose embedding is most similar to the question
-(encoder cosine), is expanded back to its tokens. The question prompt follows; decoding is
-greedy with the KV cache.
+(encoder cosine), is expanded back to its tokens. The question prompt follows (``prompt``:
+``short`` is :data:`PROMPT`; ``span``, ``free`` or a template); left-padded batches of
+``inputs_embeds`` are decoded by :func:`longread.llm.hf.decode`, the project's one decoding loop,
+and answers cleaned by the style's cleaner. Usage is recorded as typed
+:class:`~longread.types.Usage` (``prompt_tokens``: decoder input positions).
 
 Decoder input = chat-template prefix tokens + [per chunk: 1 vector, or its k tokens] +
 question/suffix tokens. With ``expand_fraction=1.0`` this is exactly token prefill of the same
@@ -34,11 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from ..io import atomic_write_bytes
+from ..llm.hf import Decoded, decode, render_chat
+from ..llm.params import ReaderLLMParams
+from ..llm.prompts import clean, resolve_prompt
+from ..llm.usage import record
 from ..registry import register
-from ..stage import Params as StageParams
 from ..stage import RunContext, Stage, timed
 from ..types import QAState
 
@@ -48,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "RefragReader",
+    "RefragParams",
     "Projector",
     "SHIPPED_PROJECTORS",
     "ASSETS_DIR",
@@ -60,7 +67,7 @@ __all__ = [
     "prompt_parts",
     "select_expanded",
     "build_inputs",
-    "greedy_decode",
+    "decode_embeds",
     "benchmark_ttft",
     "format_rows",
 ]
@@ -371,18 +378,22 @@ class PromptParts:
     suffix: list[int]
 
 
-def prompt_parts(tokenizer: Any, question: str, template: str = PROMPT) -> PromptParts:
+def _message(prompt: str, question: str) -> str:
+    spec = resolve_prompt(prompt)
+    if spec.style is not None and spec.style.name == "short":
+        return PROMPT.format(context=_SENTINEL, question=question)  # REFRAG's own wording for short answers
+    return spec.message(_SENTINEL, question, source="passages")
+
+
+def prompt_parts(tokenizer: Any, question: str, prompt: str = "short") -> PromptParts:
     """Render the chat prompt around a placeholder context and tokenise the two sides.
 
-    Uses the tokenizer's chat template when it has one, else the plain user message.
+    ``prompt``: an answer style or a template (``short``: :data:`PROMPT`). Uses the tokenizer's chat
+    template when it has one, else the plain user message (``short`` then ends with "Answer:").
     """
-    content = template.replace("{question}", question).replace("{context}", _SENTINEL)
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        text = content + "\nAnswer:"
+    text = render_chat(tokenizer, [{"role": "user", "content": _message(prompt, question)}])
+    if not getattr(tokenizer, "chat_template", None) and prompt == "short":
+        text += "\nAnswer:"
     before, after = text.split(_SENTINEL)
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
     return PromptParts(enc(before), enc(after))
@@ -421,131 +432,108 @@ def build_inputs(model: Any, segments: list[Segment]) -> "torch.Tensor":
     return torch.cat(parts, dim=0)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(model, "generation_config", None), tokenizer):
-        e = getattr(src, "eos_token_id", None)
-        if isinstance(e, int):
-            ids.add(e)
-        elif isinstance(e, (list, tuple)):
-            ids.update(int(x) for x in e)
-    return ids
+def decode_embeds(
+    model: Any, tokenizer: Any, inputs: list["torch.Tensor"], *, max_new_tokens: int, stop_ids: Any = None,
+    t0: float | None = None,
+) -> list[Decoded]:
+    """Decode from per-example input embeddings ``(positions, hidden)``, left-padded into one batch,
+    with :func:`longread.llm.hf.decode` (greedy; ``stop_ids`` default: :func:`~longread.llm.hf.stop_token_ids`).
 
-
-def greedy_decode(
-    model: Any, tokenizer: Any, inputs: list["torch.Tensor"], *, max_new_tokens: int, t0: float | None = None
-) -> tuple[list[list[int]], float]:
-    """Greedy decoding from per-example input embeddings (left-padded into one batch).
-
-    Returns the new token ids per example (without the EOS) and the seconds from ``t0`` (default:
-    the call) to the first token of the batch.
+    Returns one :class:`~longread.llm.hf.Decoded` per example; ``ttft_s`` (the batch's) counts from
+    ``t0`` (default: the call).
     """
     torch = _torch()
-    t0 = time.perf_counter() if t0 is None else t0
-    n = len(inputs)
-    width = max(int(x.shape[0]) for x in inputs)
-    hidden = inputs[0].shape[1]
+    n, width = len(inputs), max(int(x.shape[0]) for x in inputs)
     dev = inputs[0].device
-    embeds = torch.zeros((n, width, hidden), dtype=inputs[0].dtype, device=dev)
+    embeds = torch.zeros((n, width, inputs[0].shape[1]), dtype=inputs[0].dtype, device=dev)
     mask = torch.zeros((n, width), dtype=torch.long, device=dev)
     for i, x in enumerate(inputs):
         embeds[i, width - x.shape[0] :] = x
         mask[i, width - x.shape[0] :] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    eos = _eos_ids(model, tokenizer)
-    out: list[list[int]] = [[] for _ in range(n)]
-    done = [False] * n
-    with torch.inference_mode():
-        res = model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        nxt = res.logits[:, -1].argmax(-1)
-        ttft = time.perf_counter() - t0
-        past = res.past_key_values
-        last = pos[:, -1]
-        for step in range(max_new_tokens):
-            for i in range(n):
-                if not done[i]:
-                    t = int(nxt[i])
-                    if t in eos:
-                        done[i] = True
-                    else:
-                        out[i].append(t)
-            if all(done) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], dim=1)
-            last = last + 1
-            res = model(
-                input_ids=nxt[:, None],
-                attention_mask=mask,
-                position_ids=last[:, None],
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = res.past_key_values
-            nxt = res.logits[:, -1].argmax(-1)
-    return out, ttft
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens only: a padded row sees what it sees alone
+    return decode(model, tokenizer, inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                  max_new_tokens=max_new_tokens, stop_ids=stop_ids, t0=t0)
 
 
 # --------------------------------------------------------------------------------------------
 # The stage
 
 
+class RefragParams(ReaderLLMParams):
+    """Params of ``reader.refrag``.
+
+    ``llm`` (or ``model:``): the decoder, an ``hf`` model (the reader feeds it ``inputs_embeds``);
+    ``encoder`` (hub name or local dir); ``k`` (chunk tokens, 1..64); ``expand_fraction`` (share of
+    chunks kept as tokens, most question-similar first); ``projector`` ("default" = shipped asset,
+    a safetensors path, or "random" for timing only); ``prompt`` (``short``: :data:`PROMPT`;
+    ``span``, ``free`` or a template); ``max_new_tokens``; ``max_context_tokens`` (context tokens
+    before compression; more is an error); ``batch_size`` (questions per decoder batch).
+    """
+
+    default_model: ClassVar[str] = "smollm2-135m-instruct"
+    needs: ClassVar[frozenset[str]] = frozenset({"kv"})
+
+    encoder: str = "all-minilm-l6-v2"
+    k: int = 16
+    expand_fraction: float = 0.25
+    projector: str = "default"
+    max_context_tokens: int = 32768
+    batch_size: int = 4
+
+    @field_validator("encoder", "projector")
+    @classmethod
+    def _nonempty(cls, v: str, info: Any) -> str:
+        if not v.strip():
+            raise ValueError(f"{info.field_name} must be a non-empty string, got {v!r}")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: int) -> int:
+        if not 0 < v <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K} (usually 8, 16 or 32), got {v}")
+        return v
+
+    @field_validator("expand_fraction")
+    @classmethod
+    def _p(cls, v: float) -> float:
+        if not (0.0 <= v <= 1.0) or math.isnan(v):
+            raise ValueError(f"expand_fraction must be in [0, 1], got {v}")
+        return v
+
+    @field_validator("max_context_tokens", "batch_size")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        if v <= 0:
+            raise ValueError(f"{info.field_name} must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> "RefragParams":
+        if self.prompt_spec.cites:
+            raise ValueError("prompt 'cite' needs numbered passages, which reader.refrag compresses away: use short, span, free or a template")
+        return self
+
+
 @register
 class RefragReader(Stage):
     """Reader that feeds the decoder one projected encoder vector per compressed k-token chunk.
 
-    Params: ``model`` and ``encoder`` (hub names or local dirs), ``k`` (chunk tokens, 1..64),
-    ``expand_fraction`` (share of chunks kept as tokens, most question-similar first),
-    ``projector`` ("default" = shipped asset, a safetensors path, or "random" for timing only),
-    ``max_new_tokens``, ``max_context_tokens`` (context tokens before compression; more is an
-    error), ``batch_size`` (questions per decoder batch). Trace: ``reader_tokens`` (decoder input
-    positions), ``ttft_s``, ``new_tokens``, ``chunks_total``, ``chunks_expanded``.
+    Params: :class:`RefragParams`. Usage: ``prompt_tokens`` = decoder input positions; trace:
+    ``chunks_total``, ``chunks_expanded``.
     """
 
     key: ClassVar[str] = "reader.refrag"
-
-    class Params(StageParams):
-        model: str = "smollm2-135m-instruct"
-        encoder: str = "all-minilm-l6-v2"
-        k: int = 16
-        expand_fraction: float = 0.25
-        projector: str = "default"
-        max_new_tokens: int = 32
-        max_context_tokens: int = 32768
-        batch_size: int = 4
-
-        @field_validator("model", "encoder", "projector")
-        @classmethod
-        def _nonempty(cls, v: str, info: Any) -> str:
-            if not v.strip():
-                raise ValueError(f"{info.field_name} must be a non-empty string, got {v!r}")
-            return v
-
-        @field_validator("k")
-        @classmethod
-        def _k(cls, v: int) -> int:
-            if not 0 < v <= MAX_K:
-                raise ValueError(f"k must be in 1..{MAX_K} (usually 8, 16 or 32), got {v}")
-            return v
-
-        @field_validator("expand_fraction")
-        @classmethod
-        def _p(cls, v: float) -> float:
-            if not (0.0 <= v <= 1.0) or math.isnan(v):
-                raise ValueError(f"expand_fraction must be in [0, 1], got {v}")
-            return v
-
-        @field_validator("max_new_tokens", "max_context_tokens", "batch_size")
-        @classmethod
-        def _positive(cls, v: int, info: Any) -> int:
-            if v <= 0:
-                raise ValueError(f"{info.field_name} must be > 0, got {v}")
-            return v
+    Params = RefragParams
 
     def setup(self, ctx: RunContext) -> None:
-        """Load decoder, encoder and projector; open the chunk-embedding cache under ``ctx.cache_dir``."""
+        """Load decoder (``hf`` backend), encoder and projector; open the chunk-embedding cache under ``ctx.cache_dir``."""
+        from ..llm import load_backend
+
         p = self.params
         path = resolve_projector_path(p.projector, encoder=p.encoder, model=p.model, k=p.k)
-        self.model, self.tokenizer = ctx.models.causal_lm(p.model)
+        backend = load_backend(p.llm, ctx)
+        self.model, self.tokenizer, self.stop_ids = backend.model, backend.tokenizer, backend.stop_ids
         self.encoder = ctx.models.encoder(p.encoder)
         in_dim, out_dim = int(self.encoder.dim), int(self.model.get_input_embeddings().weight.shape[1])
         if path is None:
@@ -571,30 +559,30 @@ class RefragReader(Stage):
             "put a retriever before reader.refrag or scope the question to documents"
         )
 
+    def _expanded(self, question: str, embs: list[Any]) -> set[int]:
+        if not embs or self.params.expand_fraction == 0.0:
+            return set()
+        q = self.encoder.encode([question], kind="query")[0]
+        return select_expanded([float(e @ q) for e in embs], self.params.expand_fraction)
+
     def prepare(self, state: QAState) -> tuple["torch.Tensor", dict[str, int]]:
-        """Build one question's decoder input embeddings; return them with trace counts.
+        """Build one question's decoder input embeddings; return them with counts
+        (``positions``, ``chunks_total``, ``chunks_expanded``).
 
         Raises ``ValueError`` when the context exceeds ``max_context_tokens`` or the decoder input
         exceeds the model's position limit.
         """
         torch = _torch()
         p = self.params
-        texts = self._context_texts(state)
-        items = self.chunks.get_many(texts)
+        items = self.chunks.get_many(self._context_texts(state))
         n_ctx = sum(len(c) for it in items for c in it.chunks)
         if n_ctx > p.max_context_tokens:
             raise ValueError(
                 f"question {state.question.id!r}: context has {n_ctx} tokens, more than max_context_tokens="
                 f"{p.max_context_tokens}; raise max_context_tokens or retrieve fewer passages"
             )
-        embs = [e for it in items for e in it.embeddings]
-        if embs and p.expand_fraction > 0.0:
-            q = self.encoder.encode([state.question.question], kind="query")[0]
-            sims = [float(e @ q) for e in embs]
-            expanded = select_expanded(sims, p.expand_fraction)
-        else:
-            expanded = set()
-        parts = prompt_parts(self.tokenizer, state.question.question)
+        expanded = self._expanded(state.question.question, [e for it in items for e in it.embeddings])
+        parts = prompt_parts(self.tokenizer, state.question.question, p.prompt)
         sep = self.tokenizer(PASSAGE_SEPARATOR, add_special_tokens=False)["input_ids"]
         dev = self.model.get_input_embeddings().weight.device
         segments: list[Segment] = [Segment(ids=parts.prefix)]
@@ -607,42 +595,34 @@ class RefragReader(Stage):
             with torch.no_grad():
                 vecs = self.projector(torch.as_tensor(it.embeddings, dtype=torch.float32, device=dev))
             for c, chunk in enumerate(it.chunks):
-                if idx in expanded:
-                    segments.append(Segment(ids=chunk))
-                else:
-                    segments.append(Segment(vectors=vecs[c : c + 1]))
+                segments.append(Segment(ids=chunk) if idx in expanded else Segment(vectors=vecs[c : c + 1]))
                 idx += 1
         segments.append(Segment(ids=parts.suffix))
         inputs = build_inputs(self.model, segments)
         n_pos = int(inputs.shape[0])
-        if self.max_positions and n_pos + p.max_new_tokens > self.max_positions:
+        if self.max_positions and n_pos + p.answer_tokens > self.max_positions:
             raise ValueError(
                 f"question {state.question.id!r}: decoder input of {n_pos} positions + max_new_tokens="
-                f"{p.max_new_tokens} exceeds the model's {self.max_positions} positions; lower k's expansion "
+                f"{p.answer_tokens} exceeds the model's {self.max_positions} positions; lower k's expansion "
                 "(expand_fraction), raise k, or retrieve less"
             )
-        return inputs, {"reader_tokens": n_pos, "chunks_total": idx, "chunks_expanded": len(expanded)}
+        return inputs, {"positions": n_pos, "chunks_total": idx, "chunks_expanded": len(expanded)}
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
-        """Answer each question; set ``answer`` and the trace keys listed on the class."""
+        """Answer each question; set ``answer``, its usage and the trace keys listed on the class."""
         p = self.params
         with timed(batch, self.key):
             for start in range(0, len(batch), p.batch_size):
                 group = batch[start : start + p.batch_size]
                 t0 = time.perf_counter()
                 prepared = [self.prepare(s) for s in group]
-                new, ttft = greedy_decode(
-                    self.model, self.tokenizer, [x for x, _ in prepared], max_new_tokens=p.max_new_tokens, t0=t0
-                )
-                for s, (_, counts), ids in zip(group, prepared, new):
-                    s.answer = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                    s.trace.update(counts)
-                    s.trace["ttft_s"] = ttft
-                    s.trace["new_tokens"] = len(ids)
-                    calls = s.trace.setdefault("llm_calls", {})
-                    calls[self.key] = calls.get(self.key, 0) + 1
-                    toks = s.trace.setdefault("llm_tokens", {})
-                    toks[self.key] = toks.get(self.key, 0) + counts["reader_tokens"] + len(ids)
+                rows = decode_embeds(self.model, self.tokenizer, [x for x, _ in prepared],
+                                     max_new_tokens=p.answer_tokens, stop_ids=self.stop_ids, t0=t0)
+                for s, (_, counts), out in zip(group, prepared, rows):
+                    s.answer = clean(out.text, p.prompt_spec.cleaner)
+                    record(s, self.key, spec=p.llm, calls=1, prompt_tokens=counts["positions"], new_tokens=out.steps,
+                           ttft_s=out.ttft_s)
+                    s.trace.update(chunks_total=counts["chunks_total"], chunks_expanded=counts["chunks_expanded"])
         return batch
 
 
@@ -696,7 +676,7 @@ def benchmark_ttft(
     def full() -> float:
         t0 = now()
         x = build_inputs(lm, [Segment(ids=full_ids)])
-        greedy_decode(lm, tok, [x], max_new_tokens=1)
+        decode_embeds(lm, tok, [x], max_new_tokens=1)
         return now() - t0
 
     full()  # warm-up (allocator, kernels)
@@ -716,13 +696,13 @@ def benchmark_ttft(
                 stage.chunks._memory.clear()
                 t0 = now()
                 x, _ = stage.prepare(state())
-                greedy_decode(lm, tok, [x], max_new_tokens=1)
+                decode_embeds(lm, tok, [x], max_new_tokens=1)
                 return now() - t0
 
             def warm() -> float:
                 t0 = now()
                 x, _ = stage.prepare(state())
-                greedy_decode(lm, tok, [x], max_new_tokens=1)
+                decode_embeds(lm, tok, [x], max_new_tokens=1)
                 return now() - t0
 
             cold_s = _best_of(cold, repeats)
@@ -735,7 +715,7 @@ def benchmark_ttft(
                     "expand_fraction": frac,
                     "context_tokens": len(ctx_ids),
                     "full_positions": len(full_ids),
-                    "refrag_positions": counts["reader_tokens"],
+                    "refrag_positions": counts["positions"],
                     "full_s": full_s,
                     "cold_s": cold_s,
                     "warm_s": warm_s,

@@ -1,7 +1,7 @@
 """``longread train retrolm``: train the page scorer of ``reader.retrolm`` (``scorer: PATH``).
 
 RetroLM trains its KV-page retriever contrastively on question/page pairs. Here the model stays
-frozen and only the small scorer of :mod:`longread.readers.retrolm_scorer` trains (learned
+frozen and only the small scorer of :mod:`longread.readers.retrolm.trained` trains (learned
 layer/head weights of the training-free ``quest``/``mean_key`` page probabilities plus a
 low-rank bilinear form between the question's pooled query vectors and the pages' key
 summaries; ``--rank 0``, the default, keeps only the weights). It starts equal to the
@@ -91,7 +91,7 @@ class Article:
 
 @dataclass
 class DocExamples:
-    """Features of one article's questions (see :func:`longread.readers.retrolm_scorer.page_features`).
+    """Features of one article's questions (see :func:`longread.readers.retrolm.scoring.page_features`).
 
     ``quest``/``mean_key`` ``[Q, nl, H, P]``, ``q`` ``[Q, nl, Dq]``, ``s`` ``[nl, P, Ds]``,
     ``positive`` ``[Q]`` (answer page), ``valid`` ``[Q, P]`` (positive + negatives),
@@ -198,7 +198,7 @@ def extract_examples(reader: Any, article: Article) -> tuple[DocExamples, float]
     P = doc.n_pages
     feats, pos, valid = [], [], []
     for question, char, (p0, p1) in article.questions:
-        suffix_ids = list(reader._tok(reader._render(question)[1], add_special_tokens=False)["input_ids"])
+        suffix_ids = reader.prompt.suffix_ids(question)
         feats.append({k: v.cpu() for k, v in reader.page_features(doc, suffix_ids).items()})
         i = answer_page(spans, char)
         ok = torch.tensor([not (c0 < p1 and p0 < c1) for c0, c1 in spans])  # pages of its paragraph: neither
@@ -228,7 +228,7 @@ def extract_examples(reader: Any, article: Article) -> tuple[DocExamples, float]
 
 def document_loss(scorer: Any, ex: DocExamples) -> Any:
     """Mean InfoNCE loss of ``scorer`` over one article's questions."""
-    from ..readers.retrolm_scorer import info_nce, score_features
+    from ..readers.retrolm.trained import info_nce, score_features
 
     scores = score_features(scorer, ex.features())
     return info_nce(scores, ex.positive, ex.valid, scale=scorer["log_scale"].exp())
@@ -447,7 +447,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..models.hub import ModelHub
     from ..readers.retrolm import RetroLMParams, RetroLMReader
-    from ..readers.retrolm_scorer import ScorerSpec, make_scorer, save_scorer, score_features, training_free_scores
+    from ..readers.retrolm.scoring import training_free_scores
+    from ..readers.retrolm.trained import ScorerSpec, make_scorer, save_scorer, score_features
     from ..stage import RunContext
 
     _check(args)
@@ -470,8 +471,8 @@ def run(args: argparse.Namespace) -> int:
          "budget_tokens": max(args.page_size, RetroLMParams().budget_tokens)}
     )
     reader.setup(RunContext(models=hub, device=args.device))
-    layers = list(reader._score_layers)
-    n_layers, heads, kv_heads, head_dim = reader._layout
+    layers = list(reader.scorer.layers)
+    n_layers, heads, kv_heads, head_dim = reader.kv.layout
     defaults = RetroLMReader({"model": args.model, "page_size": args.page_size, "budget_tokens": reader.params.budget_tokens})
     k = reader.params.budget_tokens // args.page_size
 
@@ -486,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
         parts = {"heldout": [], "val": [], "train": []}
         for part, ids in (("heldout", heldout_ids), ("val", val_ids), ("train", fit_ids)):
             for i in ids:
-                art = build_article(raw[i], reader._tok, max_tokens=args.max_tokens, questions=args.questions, seed=args.seed)
+                art = build_article(raw[i], reader.kv.tokenizer, max_tokens=args.max_tokens, questions=args.questions, seed=args.seed)
                 ex, secs = extract_examples(reader, art)
                 extract_s.append(secs)
                 parts[part].append(ex)

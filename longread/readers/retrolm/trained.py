@@ -1,19 +1,10 @@
-"""The trained page scorer of ``reader.retrolm`` (``scorer: PATH``), its features and its file.
+"""The trained page scorer of ``reader.retrolm`` (``scorer: PATH`` / ``trained``) and its file.
 
-The training-free scorers of :mod:`longread.readers.retrolm` compare the question's query vectors
-with each page's key summaries and average softmaxed scores over layers and heads with equal
-weights. On a 135M model that ranks the answer page of a SQuAD question near the bottom more
-often than not. RetroLM trains its page retriever; this is a small trained scorer that works on
-the features the reader already has (nothing new is stored per page):
-
-- per scoring layer ``l`` and query head ``h``, the training-free page probabilities
-  ``quest[l, h, p]`` and ``mean_key[l, h, p]`` (softmax over pages of the question tokens'
-  scores, averaged over the tokens, times the page count so their mean is 1);
-- per layer, the question's query vectors averaged over its tokens ``q[l]`` (heads concatenated,
-  RMS-normalised) and each page's key summaries (mean, min, max; kv heads concatenated),
-  centred over the document's pages and RMS-normalised over the document: ``s[l, p]``.
-
-The score of page ``p`` is
+The training-free scorers of :mod:`.scoring` average softmaxed page scores over layers and heads
+with equal weights. On a 135M model that ranks the answer page of a SQuAD question near the bottom
+more often than not. RetroLM trains its page retriever; this is a small trained scorer that works
+on the features the reader already has (:func:`longread.readers.retrolm.scoring.page_features`;
+nothing new is stored per page). The score of page ``p`` is
 
     Σ_l Σ_h  a[l, h] · quest[l, h, p] + b[l, h] · mean_key[l, h, p]  +  Σ_l (q[l] U_l) · (s[l, p] V_l) / r
 
@@ -37,15 +28,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_bytes
+from ...io import atomic_write_bytes
 
 __all__ = [
     "SCORER_FORMAT",
     "SHIPPED_SCORERS",
     "resolve_scorer_path",
     "ScorerSpec",
-    "page_features",
-    "training_free_scores",
     "make_scorer",
     "score_features",
     "info_nce",
@@ -54,8 +43,7 @@ __all__ = [
 ]
 
 SCORER_FORMAT = "longread-retrolm-scorer-v1"
-_EPS = 1e-6
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 SHIPPED_SCORERS: dict[tuple[str, int], str] = {
     ("smollm2-135m-instruct", 128): "retrolm_scorer_smollm2-135m-instruct_p128.safetensors",
 }
@@ -132,53 +120,6 @@ class ScorerSpec:
             out["u"] = (nl, self.q_dim, self.rank)
             out["v"] = (nl, self.s_dim, self.rank)
         return out
-
-
-def page_features(queries: dict[int, Any], summary: dict[str, Any], layers: list[int], group: int) -> dict[str, Any]:
-    """Features of one question against one document's pages (float32, on the inputs' device).
-
-    ``queries``: layer -> pre-rotation query vectors ``[heads, T, head_dim]``;
-    ``summary``: ``mean``/``min``/``max`` key summaries ``[L, kv_heads, P, head_dim]``;
-    ``group``: query heads per kv head. Returns ``quest``/``mean_key`` ``[len(layers), heads, P]``
-    (softmax over pages averaged over question tokens, times P), ``q`` ``[len(layers), heads*head_dim]``
-    and ``s`` ``[len(layers), P, 3*kv_heads*head_dim]`` (see the module docstring).
-    """
-    import torch
-
-    missing = [li for li in layers if li not in queries]
-    if missing:
-        raise KeyError(f"no query vectors for layers {missing}")
-    quest, mean_key, qs, ss = [], [], [], []
-    for li in layers:
-        q = queries[li].float()  # [H, T, d]
-        d = q.shape[-1]
-        mk = summary["mean"][li].float().repeat_interleave(group, dim=0)  # [H, P, d]
-        lo = summary["min"][li].float().repeat_interleave(group, dim=0)
-        hi = summary["max"][li].float().repeat_interleave(group, dim=0)
-        n_pages = mk.shape[1]
-        m_logits = q @ mk.transpose(1, 2)  # [H, T, P]
-        qe = q[:, :, None, :]
-        q_logits = torch.maximum(qe * lo[:, None], qe * hi[:, None]).sum(-1)
-        quest.append(torch.softmax(q_logits / math.sqrt(d), dim=-1).mean(dim=1) * n_pages)  # [H, P]
-        mean_key.append(torch.softmax(m_logits / math.sqrt(d), dim=-1).mean(dim=1) * n_pages)
-        qv = q.mean(dim=1).reshape(-1)  # [H*d]
-        qs.append(qv / (qv.pow(2).mean().sqrt() + _EPS))
-        # [kvH, P, d] x3 -> [P, 3*kvH*d], centred over pages, RMS-normalised over the document.
-        s = torch.cat([summary[k][li].float() for k in ("mean", "min", "max")], dim=-1)  # [kvH, P, 3d]
-        s = s.transpose(0, 1).reshape(n_pages, -1)
-        s = s - s.mean(dim=0, keepdim=True)
-        ss.append(s / (s.pow(2).mean().sqrt() + _EPS))
-    return {"quest": torch.stack(quest), "mean_key": torch.stack(mean_key), "q": torch.stack(qs), "s": torch.stack(ss)}
-
-
-def training_free_scores(feats: dict[str, Any], kind: str) -> Any:
-    """The training-free ``quest`` / ``mean_key`` page scores ``[..., P]`` from :func:`page_features`.
-
-    Equal weights over layers and heads, as :meth:`RetroLMReader.score_pages` (up to the factor P).
-    """
-    if kind not in ("quest", "mean_key"):
-        raise ValueError(f"kind must be 'quest' or 'mean_key', got {kind!r}")
-    return feats[kind].mean(dim=(-3, -2))
 
 
 def make_scorer(spec: ScorerSpec, *, seed: int = 0) -> Any:
