@@ -313,7 +313,8 @@ class _Loader:
         source = self._rel_str(p) if not self.single else p.name
         if ft.empty_pages:
             self.report.empty_pages[source] = ft.empty_pages
-            self.warn(f"{p}: pages {_ranges(ft.empty_pages)} have no text layer (scanned?); loaded the other pages")
+            which = f"page {ft.empty_pages[0]} has" if len(ft.empty_pages) == 1 else f"pages {_ranges(ft.empty_pages)} have"
+            self.warn(f"{p}: {which} no text layer (scanned?); loaded the other pages")
         self.ids[did] = str(p)
         title = ft.title or (ft.headings[0][2] if ft.headings else None) or p.stem
         meta: dict[str, Any] = {"source": source, "title": title, "format": fmt, "sha256": ft.sha256, "headings": ft.headings}

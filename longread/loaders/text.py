@@ -3,7 +3,8 @@
 The rule, in order: a byte-order mark decides (UTF-8/16/32); bytes that look binary (NUL or
 many other control bytes) are refused; valid UTF-8 is UTF-8; bytes that are *partly* valid
 UTF-8 multi-byte sequences and partly not are refused as mixed encodings (decoding them with
-any single legacy code page would garble one of the two parts); otherwise the document's own
+any single legacy code page would garble one of the two parts): that is when UTF-8 sequences
+make up at least half the non-ASCII bytes; otherwise the document's own
 declaration (HTML ``<meta charset>``) or charset-normalizer's best guess decodes them.
 """
 
@@ -75,8 +76,11 @@ def decode_text(data: bytes, *, declared: str | None = None) -> tuple[str, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError as e:
         bad = e.start
-    n_utf8 = sum(1 for _ in _UTF8_MULTI.finditer(data))
-    if n_utf8:
+    # Mostly UTF-8 with some bytes that are not: two encodings in one file. (A legacy CJK or
+    # Cyrillic file also has accidental UTF-8-shaped pairs, but they are a minority of its bytes.)
+    utf8 = [m.end() - m.start() for m in _UTF8_MULTI.finditer(data)]
+    n_utf8, non_ascii = len(utf8), sum(1 for b in data if b > 127)
+    if n_utf8 and sum(utf8) >= 0.5 * non_ascii:
         raise TextDecodeError(
             f"mixed encodings: {n_utf8} UTF-8 character(s) but byte {bad} (line {_line_of(data, bad)}) is not "
             "UTF-8; re-encode the file as UTF-8",
@@ -88,11 +92,26 @@ def decode_text(data: bytes, *, declared: str | None = None) -> tuple[str, str]:
             return data.decode(declared), declared.lower()
         except (LookupError, UnicodeDecodeError):
             pass  # a wrong declaration is common; fall back to detection
+    return _detect(data)
+
+
+# Among code pages that fit equally well, the most common one: charset-normalizer breaks ties
+# arbitrarily, and short Western text ("café crème") otherwise comes out as cp1006 or cp1250.
+_PREFERRED = ("cp1252", "latin_1", "iso8859_15")
+
+
+def _detect(data: bytes) -> tuple[str, str]:
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
-    if best is None or best.encoding is None:
+    matches = list(from_bytes(data))
+    if not matches:
         raise TextDecodeError("binary file, not text (no text encoding fits its bytes)", "binary")
+    best = min(matches, key=lambda m: (round(m.chaos, 2), -round(m.coherence, 2)))
+    ties = {m.encoding: m for m in matches
+            if round(m.chaos, 2) == round(best.chaos, 2) and round(m.coherence, 2) >= round(best.coherence, 2) - 0.05}
+    for enc in _PREFERRED:
+        if enc in ties:
+            return str(ties[enc]), enc
     return str(best), best.encoding
 
 
