@@ -65,7 +65,7 @@ def read_pdf(path: str | Path) -> PdfText:
     try:
         doc = pdfium.PdfDocument(Path(path))
     except pdfium.PdfiumError as e:
-        if getattr(e, "err_code", None) == raw.FPDF_ERR_PASSWORD:
+        if getattr(e, "err_code", None) == raw.FPDF_ERR_PASSWORD or "password" in str(e).lower():
             raise PdfReadError("encrypted PDF (needs a password); decrypt it first, e.g. `qpdf --decrypt IN OUT`", "encrypted") from None
         raise PdfReadError(f"not a readable PDF ({e})", "corrupt") from None
     try:
