@@ -278,6 +278,8 @@ def test_scanned_pdf_is_a_warning_and_counted_in_the_manifest(tmp_path: Path, ca
 def test_nothing_to_load_is_an_error(tmp_path: Path, capsys) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    rc, _, err = cli(tmp_path, capsys, "index", "--config", "CFG", "--corpus", str(empty), "--out", str(tmp_path / "i"), "--quiet")
+    assert rc == 2 and err == f"error: {empty}: no .pdf/.html/.htm/.md/.markdown/.txt files\n"
     (empty / "notes.docx").write_bytes(b"PK")
     rc, _, err = cli(tmp_path, capsys, "index", "--config", "CFG", "--corpus", str(empty), "--out", str(tmp_path / "i"), "--quiet")
     assert rc == 2 and err.count("\n") == 1 and "no .pdf/.html/.htm/.md/.markdown/.txt files" in err and "ignored 1" in err

@@ -157,7 +157,7 @@ def load_documents(
     """
     if max_doc_chars <= 0:
         raise ValueError(f"max_doc_chars must be > 0, got {max_doc_chars}")
-    return DocumentStream(_Loader(Path(path), skip_bad, max_doc_chars, warn or log.warning, show_progress))
+    return DocumentStream(_Loader(Path(path).expanduser(), skip_bad, max_doc_chars, warn or log.warning, show_progress))
 
 
 class _Loader:
