@@ -127,6 +127,12 @@ def test_markdown_and_html_headings_are_lines_with_offsets(folder: Path) -> None
     assert "- Rhine\n- Danube" in html.text
 
 
+def test_html_without_closing_head_keeps_its_body(tmp_path: Path) -> None:
+    (tmp_path / "a.htm").write_text("<html><head><title>T</title><body><h2>Top</h2><p>Body text.</p>", encoding="utf-8")
+    doc = next(iter(load_documents(tmp_path / "a.htm")))
+    assert doc.text == "Top\n\nBody text." and doc.title == "T"
+
+
 def test_title_falls_back_to_the_first_heading(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("intro\n\n## Setup\n\ntext\n", encoding="utf-8")
     (tmp_path / "b.html").write_text("<p>x</p><h3>Install</h3><p>y</p>", encoding="utf-8")

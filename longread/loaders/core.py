@@ -96,7 +96,7 @@ class LoadReport:
             lines.append(f"ignored {sum(self.unsupported.values())} files of unsupported types ({other})")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files:")
-            lines.extend(f"  skipped: {s['source']}: {s['reason']}" for s in self.skipped)
+            lines.extend(f"  {s['source']}: {s['reason']}" for s in self.skipped)
         return lines
 
 
@@ -240,7 +240,7 @@ class _Loader:
         src = self._rel_str(p) if isinstance(p, Path) else p
         shown = str(p) if isinstance(p, Path) else p
         if not self.skip_bad:
-            raise LoadError(shown, reason + "; pass --skip-bad (skip_bad=True) to skip such files", kind)
+            raise LoadError(shown, reason + "; --skip-bad (skip_bad=True) skips such files and goes on", kind)
         self.report.skipped.append({"source": src, "kind": kind, "reason": reason})
 
     def _doc_id(self, p: Path) -> str:
@@ -260,7 +260,7 @@ class _Loader:
             return
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc="loading documents", unit="file", disable=not self.show_progress)
+        bar = tqdm(desc="loading documents", unit="file", disable=not self.show_progress, leave=False)
         try:
             for p in ([self.path] if self.single else self.files()):
                 bar.update(1)

@@ -65,9 +65,11 @@ class _Text(HTMLParser):
 
     # -- parser callbacks ----------------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs) -> None:
-        if tag == "title" and self.title_text is None:
+        if tag == "title" and self.title_text is None and "svg" not in self.skip:
             self.title = []
             return
+        if self.skip and self.skip[0] == "head" and (tag == "body" or tag in _PARA or tag in _LINE):
+            self.skip.clear()  # a body tag ends an unclosed <head>, as in a browser
         if self.skip or tag in _SKIP:
             if tag not in _VOID:
                 self.skip.append(tag)
