@@ -63,9 +63,14 @@ def folder(tmp_path: Path) -> Path:
     return d
 
 
-def cli(tmp_path: Path, capsys, *args: str) -> tuple[int, str, str]:
+def _config(tmp_path: Path) -> Path:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(CONFIG, encoding="utf-8")
+    return cfg
+
+
+def cli(tmp_path: Path, capsys, *args: str) -> tuple[int, str, str]:
+    cfg = _config(tmp_path)
     argv = [a.replace("CFG", str(cfg)) for a in args]
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -279,6 +284,16 @@ def test_scanned_pdf_is_a_warning_and_counted_in_the_manifest(tmp_path: Path, ca
     loader = json.loads((idx / "manifest.json").read_text(encoding="utf-8"))["loader"]
     assert loader["no_text"] == ["scan.pdf"] and [s["source"] for s in loader["skipped"]] == ["scan.pdf"]
     assert loader["n_documents"] == 1
+
+
+def test_pipeline_index_takes_the_stream_and_records_its_report(tmp_path: Path, folder: Path) -> None:
+    from longread.pipelines.pipeline import Pipeline
+
+    write_pdf(folder / "scan.pdf", [None])
+    pipe = Pipeline.from_yaml(_config(tmp_path))
+    idx = pipe.index(load_documents(folder, warn=lambda m: None), tmp_path / "idx", show_progress=False)
+    loader = json.loads((idx / "manifest.json").read_text(encoding="utf-8"))["loader"]
+    assert loader["n_documents"] == 4 and loader["no_text"] == ["scan.pdf"] and loader["unsupported"] == {".docx": 1, ".png": 1}
 
 
 def test_nothing_to_load_is_an_error(tmp_path: Path, capsys) -> None:

@@ -130,9 +130,9 @@ class Pipeline:
         from .chunking import chunk_documents
         from .store import CorpusStore
 
-        loader = getattr(documents, "report", None)
-        loader = loader.to_manifest() if hasattr(loader, "to_manifest") else None
+        report = getattr(documents, "report", None)  # a load_documents() stream or LoadedCorpus
         docs = list(documents)
+        loader = report.to_manifest() if hasattr(report, "to_manifest") else None  # complete once consumed
         if not docs:
             raise ValueError("cannot index an empty corpus")
         seen: set[str] = set()
