@@ -32,11 +32,28 @@ def _pipeline(args: argparse.Namespace):
     return Pipeline.from_yaml(resolve_config_path(args.config), cache_dir=args.cache_dir, device=args.device)
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    from .data import load_corpus
+def _load_corpus(args: argparse.Namespace):
+    """``--corpus`` (JSONL, folder, glob or one file) as a ``LoadedCorpus``; the summary goes to stderr."""
+    from .loaders import load_documents
 
+    stream = load_documents(
+        args.corpus,
+        skip_bad=args.skip_bad,
+        max_doc_chars=args.max_doc_chars,
+        warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+        show_progress=not getattr(args, "quiet", False),
+    )
+    docs = stream.collect()
+    rep = stream.report
+    if set(rep.formats) != {"jsonl"}:
+        for line in rep.summary():
+            print(line, file=sys.stderr)
+    return docs
+
+
+def cmd_index(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
-    docs = load_corpus(args.corpus, max_doc_chars=args.max_doc_chars)
+    docs = _load_corpus(args)
     t0 = time.perf_counter()
     out = pipe.index(docs, args.out, rebuild=args.rebuild, show_progress=not args.quiet)
     man = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
@@ -45,13 +62,19 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .data import check_question_scopes, load_corpus, load_questions
+    from .data import check_question_scopes, load_questions
     from .pipelines.runner import run
 
     pipe = _pipeline(args)
     if args.corpus is None and args.index is None:
         raise ValueError("give --corpus (to index it) or --index (an existing index dir)")
-    docs = load_corpus(args.corpus, max_doc_chars=args.max_doc_chars) if args.corpus else None
+    docs = _load_corpus(args) if args.corpus else None
+    if docs is not None and args.index is not None:
+        from .pipelines.pipeline import changed_file_message
+
+        changed = changed_file_message(Path(args.index), docs)
+        if changed:  # refuse before the run dir is created
+            raise ValueError(changed)
     questions = load_questions(args.questions)
     if docs is not None:
         check_question_scopes(questions, {d.id for d in docs})
@@ -109,13 +132,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     run_dirs = [Path(d) for d in args.run_dirs]
     if args.configs:
-        from .data import check_question_scopes, load_corpus, load_questions
+        from .data import check_question_scopes, load_questions
         from .pipelines.pipeline import Pipeline, resolve_config_path
         from .pipelines.runner import run
 
         if not (args.corpus and args.questions and args.out):
             raise ValueError("--configs needs --corpus, --questions and --out")
-        docs = load_corpus(args.corpus)
+        docs = _load_corpus(args)
         questions = load_questions(args.questions)
         check_question_scopes(questions, {d.id for d in docs})
         for c in args.configs:
@@ -179,6 +202,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .loaders.benchmarks import convert
+
+    res = convert(args.format, args.inputs, args.out, dataset=args.dataset, instruction=args.instruction, limit=args.limit)
+    print(res.summary())
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import packs
 
@@ -200,6 +231,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return int(mod.run(rargs) or 0)
 
 
+CORPUS_HELP = ("corpus: a JSONL file {id, text, title?, meta?}, a folder (recursive), a glob ('docs/**/*.pdf') "
+               "or one .pdf/.html/.htm/.md/.txt file")
+
+
+def _corpus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable files (encrypted/corrupt PDF, binary, mixed encodings, ...) and list them, instead of stopping")
+    p.add_argument("--max-doc-chars", type=int, default=5_000_000)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="model and KV cache dir (default: $LONGREAD_CACHE or ~/.cache/longread)")
     p.add_argument("--device", default="cpu", help="torch device for models (cpu, cuda)")
@@ -214,16 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="chunk a corpus and build the index parts a config needs")
     p.add_argument("--config", required=True, help="YAML config path or built-in name (e.g. rag_hybrid)")
-    p.add_argument("--corpus", required=True, help="corpus JSONL: {id, text, title?, meta?}")
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
     p.add_argument("--out", required=True, help="index dir")
     p.add_argument("--rebuild", action="store_true", help="replace an index built for another corpus/chunker")
-    p.add_argument("--max-doc-chars", type=int, default=5_000_000)
+    _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("run", help="answer questions into a run dir (predictions, metrics, report)")
     p.add_argument("--config", required=True)
-    p.add_argument("--corpus", default=None)
+    p.add_argument("--corpus", default=None, help=CORPUS_HELP + "; with --index, a file changed since indexing is refused")
     p.add_argument("--questions", required=True, help="questions JSONL: {id, question, answers, doc_ids?, gold_ids?}")
     p.add_argument("--out", required=True, help="run dir")
     p.add_argument("--index", default=None, help="index dir (default RUN_DIR/index)")
@@ -232,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     p.add_argument("--resume", action="store_true", help="continue a run dir that was stopped")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing question")
-    p.add_argument("--max-doc-chars", type=int, default=5_000_000)
+    _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
 
@@ -246,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="*")
     p.add_argument("--out", default=None, help="dir to write compare.md and compare.html into")
     p.add_argument("--configs", nargs="+", default=None, help="run these configs first (into --out/NAME), then compare")
-    p.add_argument("--corpus", default=None)
+    p.add_argument("--corpus", default=None, help=CORPUS_HELP)
     p.add_argument("--questions", default=None)
     p.add_argument("--limit", type=int, default=None)
+    _corpus_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="answer the shipped SQuAD demo questions and print EM/F1 and timings")
@@ -268,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--babi", default=None, help="bAbI task file for --kind babi")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("convert", help="turn LongBench / L-Eval / RULER / LoCoV1 files into corpus.jsonl + questions.jsonl")
+    p.add_argument("format", choices=["longbench", "leval", "ruler", "loco"])
+    p.add_argument("inputs", nargs="+", help="the benchmark's JSONL file(s); loco: its documents and queries files (or their folder)")
+    p.add_argument("--out", required=True, help="dir for corpus.jsonl and questions.jsonl")
+    p.add_argument("--dataset", default=None, help="keep only this dataset/subset (LoCoV1: required when the files hold several)")
+    p.add_argument("--instruction", default=None, help="question text for records without one (LongBench summarization/code tasks)")
+    p.add_argument("--limit", type=int, default=None, help="convert only the first N records")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("models", help="list or prepare the pinned model packs")
     msub = p.add_subparsers(dest="models_cmd", required=True)

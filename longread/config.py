@@ -77,6 +77,9 @@ class PipelineConfig(_Strict):
     def _name(cls, v: str) -> str:
         from .types import check_id
 
+        # The name is a run-dir and index-dir name (`longread compare --configs`): one path part.
+        if "/" in v:
+            raise ValueError(f"pipeline name must not contain '/', got {v!r}")
         return check_id(v, "pipeline name")
 
     def build_stages(self, source: str = "<config>") -> list:

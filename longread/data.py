@@ -25,6 +25,7 @@ __all__ = [
     "DataError",
     "DEFAULT_MAX_DOC_CHARS",
     "load_corpus",
+    "iter_corpus",
     "load_questions",
     "check_question_scopes",
     "load_squad",
@@ -89,17 +90,15 @@ def _duplicate(path: Path, lineno: int, what: str, rid: str, first: int) -> Data
     return DataError(f"{path}, line {lineno}: duplicate {what} id {rid!r} (first seen on line {first})")
 
 
-def load_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> list[Document]:
-    """Read a corpus JSONL file into documents.
+def iter_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> Iterator[Document]:
+    """Stream the documents of a corpus JSONL file, one line at a time.
 
-    Raises :class:`DataError` (naming the file and line) for non-UTF-8 bytes, invalid JSON, a line
-    that is not an object, missing or unknown fields, empty text, bad or duplicate ids, a document
-    longer than ``max_doc_chars``, or a file with no documents; ``FileNotFoundError`` if absent.
+    Raises :class:`DataError` as :func:`load_corpus` does, when the bad line is reached (an empty
+    file yields nothing: the caller decides whether that is an error).
     """
     path = Path(path)
     if max_doc_chars <= 0:
         raise ValueError(f"max_doc_chars must be > 0, got {max_doc_chars}")
-    docs: list[Document] = []
     seen: dict[str, int] = {}
     for lineno, obj in _iter_objects(path):
         text = obj.get("text")
@@ -116,7 +115,18 @@ def load_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS)
         if doc.id in seen:
             raise _duplicate(path, lineno, "document", doc.id, seen[doc.id])
         seen[doc.id] = lineno
-        docs.append(doc)
+        yield doc
+
+
+def load_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> list[Document]:
+    """Read a corpus JSONL file into documents.
+
+    Raises :class:`DataError` (naming the file and line) for non-UTF-8 bytes, invalid JSON, a line
+    that is not an object, missing or unknown fields, empty text, bad or duplicate ids, a document
+    longer than ``max_doc_chars``, or a file with no documents; ``FileNotFoundError`` if absent.
+    Folders, globs and PDF/HTML/Markdown/text files: :func:`longread.loaders.load_documents`.
+    """
+    docs = list(iter_corpus(path, max_doc_chars=max_doc_chars))
     if not docs:
         raise DataError(f"{path}: no documents (the file is empty or only blank lines)")
     return docs

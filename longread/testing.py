@@ -12,6 +12,9 @@ models (``ModelHub.resolve`` treats them as local directories):
 
 Their outputs are meaningless; they exist to exercise mechanics (padding, truncation,
 batching, caching, persistence) quickly. Each builds in well under two seconds.
+
+:func:`write_pdf` writes a PDF with known text on known pages (or an image-only "scanned"
+page, or a password) for loader tests; it needs ``fpdf2`` (the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["TINY_TEXT", "CHATML_TEMPLATE", "tiny_causal_lm_dir", "tiny_encoder_dir"]
+__all__ = ["TINY_TEXT", "CHATML_TEMPLATE", "tiny_causal_lm_dir", "tiny_encoder_dir", "write_pdf"]
 
 # Training text for the tiny tokenizers: varied words, digits and punctuation so that any
 # test string tokenizes into a sensible number of pieces (byte-level BPE covers the rest).
@@ -210,3 +213,82 @@ def tiny_encoder_dir(path: str | Path, *, seed: int = 0, vocab_size: int = 500) 
         + "\n"
     )
     return path
+
+
+def _unicode_font() -> Path | None:
+    """A DejaVu Sans TTF if one is installed (matplotlib ships one), for non-Latin-1 text."""
+    candidates = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    try:
+        import matplotlib
+
+        candidates.append(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
+    except ImportError:
+        pass
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def write_pdf(
+    path: str | Path,
+    pages: list[str | None],
+    *,
+    title: str | None = None,
+    user_password: str | None = None,
+    font_size: float = 11,
+) -> Path:
+    """Write a PDF with one page per item of ``pages`` and return its path.
+
+    A string becomes that page's text (``\\n`` starts a new line; long lines wrap); ``None``
+    makes an image-only page with no text layer, like a scan. ``title`` goes into the PDF
+    metadata; ``user_password`` encrypts the file (AES-128) so it cannot be opened without it.
+    Text outside Latin-1 needs a DejaVu Sans font (system or matplotlib's); raises
+    ``ValueError`` when there is none. Needs ``fpdf2`` (``pip install fpdf2``).
+    """
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4")
+    pdf.set_auto_page_break(False)
+    font = _unicode_font()
+    needs_unicode = any(t is not None and any(ord(c) > 255 for c in t) for t in pages)
+    if font is not None:
+        pdf.add_font("DejaVu", fname=str(font))
+        family = "DejaVu"
+    elif needs_unicode:
+        raise ValueError("text outside Latin-1 needs DejaVuSans.ttf (install matplotlib or fonts-dejavu)")
+    else:
+        family = "Helvetica"
+    if title is not None:
+        pdf.set_title(title)
+    pdf.set_creator("longread.testing")
+    for text in pages:
+        pdf.add_page()
+        if text is None:
+            _draw_scan(pdf)
+            continue
+        pdf.set_font(family, size=font_size)
+        pdf.set_xy(15, 15)
+        pdf.multi_cell(w=180, h=font_size * 0.5, text=text)
+    if user_password is not None:
+        from fpdf.enums import EncryptionMethod
+
+        pdf.set_encryption(owner_password=user_password + "-owner", user_password=user_password,
+                           encryption_method=EncryptionMethod.AES_128)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf.output(str(path))
+    return path
+
+
+def _draw_scan(pdf) -> None:
+    """An image of grey "text lines" and no text objects: what a scanner without OCR produces."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (600, 800), 255)
+    draw = ImageDraw.Draw(img)
+    for y in range(60, 740, 24):
+        draw.rectangle([50, y, 550 - (y * 7) % 200, y + 10], fill=90)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    buf.seek(0)
+    pdf.image(buf, x=10, y=10, w=190)

@@ -23,17 +23,29 @@ __all__ = [
     "check_id",
 ]
 
-# Ids become file names (page KV caches, run dirs) and JSON keys; keep them printable and
-# free of path syntax so an id can never escape a directory.
-_BAD_ID = re.compile(r"[\x00-\x1f/\\]")
+# Ids become JSON keys and, hashed or as paths under a directory, file names. A loaded file's id
+# is its relative path, so "/" is allowed as a separator; everything that could make a joined
+# path escape its directory (absolute paths, "." or ".." segments, empty segments, "\\") or
+# break a line-based file (control characters) is not.
+_BAD_ID = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def check_id(value: str, what: str = "id") -> str:
-    """Return ``value`` if it is a usable record id; raise ``ValueError`` naming it otherwise."""
+    """Return ``value`` if it is a usable record id; raise ``ValueError`` naming it otherwise.
+
+    An id is 1-512 printable characters without ``\\``; ``/`` may separate the parts of a
+    relative path (``reports/2024/q1.pdf``) but the id may not start or end with ``/``, contain
+    ``//``, or have a ``.`` or ``..`` part, so ``Path(dir) / id`` always stays inside ``dir``.
+    """
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if _BAD_ID.search(value) or value in {".", ".."}:
-        raise ValueError(f"{what} must not contain '/', '\\\\' or control characters, got {value!r}")
+    if _BAD_ID.search(value):
+        raise ValueError(f"{what} must not contain '\\\\' or control characters, got {value!r}")
+    if any(part in {"", ".", ".."} for part in value.split("/")):
+        raise ValueError(
+            f"{what} may use '/' only between the parts of a relative path (no leading, trailing or double '/', "
+            f"no '.' or '..' part), got {value!r}"
+        )
     if len(value) > 512:
         raise ValueError(f"{what} must be at most 512 characters, got {len(value)}")
     return value

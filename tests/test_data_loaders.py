@@ -41,7 +41,7 @@ def test_good_corpus_skips_blank_lines_and_bom(tmp_path):
         ((DOC1, '{"id": "d2", "text": "x", "body": "y"}'), 2, "unknown field 'body'"),
         ((DOC1, '{"id": "d2", "text": "  \\n "}'), 2, "document text must not be empty"),
         (('{"id": "", "text": "x"}',), 1, "document id must be a non-empty string"),
-        (('{"id": "../etc", "text": "x"}',), 1, "must not contain '/'"),
+        (('{"id": "../etc", "text": "x"}',), 1, r"no '\.' or '\.\.' part"),
         (('{"id": 7, "text": "x"}',), 1, "id: Input should be a valid string"),
         ((DOC1, DOC2, DOC1), 3, r"duplicate document id 'd1' \(first seen on line 1\)"),
     ],

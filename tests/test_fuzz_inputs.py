@@ -47,11 +47,15 @@ def test_truncated_and_odd_question_lines(tmp_path: Path, rows: list, cut: int) 
 
 
 def test_path_traversal_ids_are_refused(tmp_path: Path) -> None:
-    for bad in ["../../etc/passwd", "a/b", "..", "x\\y", "a\x00b"]:
-        p = tmp_path / "c.jsonl"
+    p = tmp_path / "c.jsonl"
+    for bad in ["../../etc/passwd", "a/../../b", "/etc/passwd", "a//b", "a/", "./a", "..", "x\\y", "a\x00b"]:
         p.write_text(json.dumps({"id": bad, "text": "t"}) + "\n")
         with pytest.raises(DataError, match="line 1"):
             load_corpus(p)
+    # A relative path (what folder loaders make) is a valid id and stays inside any dir it is joined to.
+    p.write_text(json.dumps({"id": "reports/2024/q1.pdf", "text": "t"}) + "\n")
+    assert load_corpus(p)[0].id == "reports/2024/q1.pdf"
+    assert (tmp_path / "reports/2024/q1.pdf").resolve().is_relative_to(tmp_path.resolve())
 
 
 def _nest(depth: int) -> str:

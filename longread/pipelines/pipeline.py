@@ -41,6 +41,31 @@ def corpus_digest(documents: Sequence[Document]) -> str:
     return h.hexdigest()
 
 
+def changed_file_message(index_dir: Path, documents: Sequence[Document]) -> str | None:
+    """One line naming the first document whose file changed since ``index_dir`` was built, or None.
+
+    Compares the ``meta["sha256"]`` that ``longread.loaders`` records per file with the one in
+    the index's ``documents.jsonl`` (read line by line; only ids and hashes are kept).
+    """
+    new = {d.id: d.meta.get("sha256") for d in documents if d.meta.get("sha256")}
+    path = index_dir / "documents.jsonl"
+    if not new or not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            old = json.loads(line)
+            meta = old.get("meta") or {}
+            before, now = meta.get("sha256"), new.get(old.get("id"))
+            if before and now and before != now:
+                return (
+                    f"{meta.get('source') or old['id']}: the file changed since the index {str(index_dir)!r} was built "
+                    f"(sha256 {before[:12]}… now {now[:12]}…); rebuild it (longread index --rebuild) or use another --index"
+                )
+    return None
+
+
 def _peak_rss_mb() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
@@ -105,7 +130,9 @@ class Pipeline:
         from .chunking import chunk_documents
         from .store import CorpusStore
 
+        report = getattr(documents, "report", None)  # a load_documents() stream or LoadedCorpus
         docs = list(documents)
+        loader = report.to_manifest() if hasattr(report, "to_manifest") else None  # complete once consumed
         if not docs:
             raise ValueError("cannot index an empty corpus")
         seen: set[str] = set()
@@ -123,6 +150,9 @@ class Pipeline:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             same = manifest.get("corpus_sha256") == digest and manifest.get("chunker") == chunker
             if not same and not rebuild:
+                changed = changed_file_message(index_dir, docs)
+                if changed:
+                    raise IndexMismatchError(changed)
                 what = "corpus" if manifest.get("corpus_sha256") != digest else "chunker settings"
                 raise IndexMismatchError(
                     f"index dir {str(index_dir)!r} was built for a different {what}; "
@@ -146,6 +176,8 @@ class Pipeline:
                 "parts": {},
                 "chunk_seconds": round(time.perf_counter() - t0, 3),
             }
+            if loader is not None:
+                manifest["loader"] = loader
             with atomic_dir(index_dir) as tmp:
                 store.save(tmp)
                 atomic_write_json(tmp / MANIFEST, manifest)
