@@ -9,8 +9,9 @@ the cache root is the model cache (``--cache-dir``, else ``$LONGREAD_CACHE``, el
 Size is bounded by ``--kv-max`` / ``$LONGREAD_KV_MAX`` (default ``20GB``; ``0`` keeps the KV in
 memory only). When a run starts and when it ends, the least recently used entries are removed
 until the cache fits. An entry is a directory holding a ``meta.safetensors`` (one document's page
-KV: its pages are useless apart) or any other single file; its last use is the later of its
-access and modification times, which readers refresh on every hit (``Path.touch``). Entries used
+KV: its pages are useless apart) or any other single file; its last use is its modification
+time, which readers refresh on every hit (``Path.touch``). Access times are not used: listing or
+sizing the cache would count as a use, and ``relatime`` mounts update them at most daily. Entries used
 in the last :data:`GRACE_SECONDS` are never removed, so a run in progress keeps what it reads.
 ``longread cache list`` shows the cache; ``longread cache clear`` empties it.
 """
@@ -133,11 +134,11 @@ def entries(root: str | Path) -> list[KVEntry]:
                 st = it.stat(follow_symlinks=False)
                 if it.is_dir(follow_symlinks=False):
                     if (p / _UNIT_MARKER).is_file():
-                        out.append(KVEntry(p, _tree_size(p), max(st.st_atime, st.st_mtime)))
+                        out.append(KVEntry(p, _tree_size(p), st.st_mtime))
                     else:
                         walk(p)
                 elif it.is_file(follow_symlinks=False):
-                    out.append(KVEntry(p, st.st_size, max(st.st_atime, st.st_mtime)))
+                    out.append(KVEntry(p, st.st_size, st.st_mtime))
             except OSError:
                 continue  # removed meanwhile by another process
 

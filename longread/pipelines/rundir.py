@@ -130,7 +130,7 @@ class RunDir:
         changes: list[str] = []
         if self.config.is_file():
             old_cfg = self.config.read_text(encoding="utf-8")
-            if old_cfg != config_yaml:
+            if config_digest(old_cfg) != config_digest(config_yaml):
                 changes.append(f"config: it was run with a different config ({_config_diff(old_cfg, config_yaml)})")
         digests = old.get("digests") or {}
         if digests.get("questions_sha256") and digests["questions_sha256"] != questions_digest(questions):
@@ -201,11 +201,16 @@ class RunDir:
 
         def append(pred: Prediction) -> None:
             nonlocal f
-            if f is None:
-                f = open(self.predictions, "a", encoding="utf-8")
-            f.write(pred.model_dump_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                if f is None:
+                    f = open(self.predictions, "a", encoding="utf-8")
+                f.write(pred.model_dump_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                if e.filename is not None:
+                    raise
+                raise type(e)(e.errno, e.strerror, str(self.predictions)) from e  # write() names no file
 
         try:
             yield append
@@ -317,5 +322,9 @@ def file_digest(path: str | Path | None) -> str | None:
 
 
 def config_digest(config_yaml: str) -> str:
-    """sha256 of the resolved config YAML."""
-    return _sha256_text(config_yaml)
+    """sha256 of the resolved config's content (key order and YAML layout do not count)."""
+    try:
+        data = yaml.safe_load(config_yaml)
+    except yaml.YAMLError:
+        return _sha256_text(config_yaml)
+    return _sha256_text(json.dumps(data, sort_keys=True, ensure_ascii=False))

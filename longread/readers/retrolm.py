@@ -628,6 +628,7 @@ class RetroLMReader(Stage):
         if self._cache_root is not None:
             doc = self._open(key, self._cache_root / key, "disk")
             if doc is not None:
+                (self._cache_root / key).touch()  # last use, for the KV cache's LRU eviction (longread.cache)
                 self.stats["disk_hits"] += 1
                 return doc, 0
             spill, path = None, self._cache_root / key
