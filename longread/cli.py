@@ -58,6 +58,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .pipelines.rundir import RunDir
+
+    # Lock first: a second writer is told at once, before any config, corpus or model is loaded.
+    with RunDir(args.out).lock():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .data import check_question_scopes, load_corpus, load_questions
     from .pipelines.runner import run
 

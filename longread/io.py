@@ -156,12 +156,17 @@ class WriterLock:
     naming that process's pid (written into the lock file by each holder). The kernel drops the
     lock when the holder exits, even by ``kill -9``, so no stale lock survives; the file itself
     stays (deleting it would let two processes lock two different files of the same name).
-    ``what`` names the thing locked in the message (e.g. ``"run dir runs/x"``).
+    ``what`` names the thing locked in the message (e.g. ``"run dir runs/x"``). With
+    ``reentrant=True`` a lock this process already holds on the same file is shared instead of
+    refused (the CLI takes the run dir's lock before loading anything, then ``run`` takes it again).
     """
 
-    def __init__(self, path: str | Path, what: str) -> None:
+    _held: dict[str, list[int]] = {}  # reentrant locks held by this process: real path -> [fd, count]
+
+    def __init__(self, path: str | Path, what: str, *, reentrant: bool = False) -> None:
         self.path = Path(path)
         self.what = what
+        self.reentrant = reentrant
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
@@ -171,6 +176,12 @@ class WriterLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already locked by this object")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if self.reentrant and key in WriterLock._held:
+            entry = WriterLock._held[key]
+            entry[1] += 1
+            self._fd = entry[0]
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -188,13 +199,32 @@ class WriterLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
         self._fd = fd
+        if self.reentrant:
+            WriterLock._held[key] = [fd, 1]
         return self
 
     def release(self) -> None:
-        """Drop the lock (closing the file releases the flock)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        """Drop the lock (closing the file releases the flock; a shared reentrant one at its last release)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        if self.reentrant:
+            key = os.path.realpath(self.path)
+            entry = WriterLock._held.get(key)
+            if entry is not None and entry[0] == fd:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del WriterLock._held[key]
+        os.close(fd)
+
+    @property
+    def outermost(self) -> bool:
+        """True when releasing this object drops the lock (no other holder in this process shares it)."""
+        if self._fd is None:
+            return False
+        entry = WriterLock._held.get(os.path.realpath(self.path)) if self.reentrant else None
+        return entry is None or entry[1] == 1
 
     @property
     def held(self) -> bool:

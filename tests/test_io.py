@@ -107,3 +107,19 @@ def test_writer_lock_names_the_holder_and_dies_with_it(tmp_path: Path) -> None:
         holder.wait()
     with WriterLock(path, "run dir X") as lock:  # the kernel dropped the dead holder's lock
         assert lock.held
+
+
+def test_a_reentrant_lock_is_shared_within_a_process_until_its_last_release(tmp_path: Path) -> None:
+    from longread.io import LockedError, WriterLock
+
+    path = tmp_path / ".lock"
+    outer = WriterLock(path, "run dir X", reentrant=True).acquire()
+    inner = WriterLock(path, "run dir X", reentrant=True).acquire()
+    with pytest.raises(LockedError):
+        WriterLock(path, "run dir X").acquire()  # a non-reentrant holder counts as another writer
+    inner.release()
+    with pytest.raises(LockedError):
+        WriterLock(path, "run dir X").acquire()
+    outer.release()
+    with WriterLock(path, "run dir X"):
+        pass

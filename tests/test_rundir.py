@@ -275,3 +275,10 @@ def test_version_flag(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"longread {longread.__version__}"
+
+
+def test_a_run_that_fails_before_writing_leaves_no_dir(tmp_path: Path) -> None:
+    res = _cli("run", "--config", str(tmp_path / "missing.yaml"), "--questions", str(tmp_path / "q.jsonl"),
+               "--out", str(tmp_path / "new" / "run"))
+    _one_error_line(res)
+    assert not (tmp_path / "new" / "run").exists()

@@ -71,7 +71,7 @@ class RunDir:
         self.run_json = self.path / RUN_JSON
         self.questions = self.path / QUESTIONS
         self.metrics = self.path / METRICS
-        self._lock = WriterLock(self.path / LOCK, f"run dir {str(self.path)!r}")
+        self._lock = WriterLock(self.path / LOCK, f"run dir {str(self.path)!r}", reentrant=True)
 
     # -- one writer -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -83,9 +83,22 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"--out {str(self.path)!r} is a file, not a run dir; choose a directory")
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            yield self
+            try:
+                yield self
+            finally:
+                if created and self._lock.outermost:
+                    self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        # A run that failed before writing anything (bad config, missing file) leaves no empty
+        # dir behind; done while the lock is held, so no other writer can be inside.
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.path.iterdir()] == [LOCK]:
+                (self.path / LOCK).unlink()
+                self.path.rmdir()
 
     # -- what is there ----------------------------------------------------------------------
     def holds_predictions(self) -> bool:
