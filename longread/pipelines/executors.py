@@ -7,11 +7,13 @@ for the same config, seed and batch sizes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from ..errors import clip
 from ..stage import RunContext, Stage
 from ..types import QAState
 
@@ -25,7 +27,7 @@ class StageFailed(RuntimeError):
 
 
 def _error_text(stage: Stage, exc: BaseException) -> str:
-    return f"{stage.key}: {type(exc).__name__}: {exc}"
+    return f"{stage.key}: {type(exc).__name__}: {clip(str(exc), 1000)}"
 
 
 def run_stage_safely(stage: Stage, batch: list[QAState], *, fail_fast: bool = False) -> list[QAState]:
@@ -48,7 +50,8 @@ def run_stage_safely(stage: Stage, batch: list[QAState], *, fail_fast: bool = Fa
         return out
     except Exception as exc:  # noqa: BLE001 - isolated per question below, or re-raised
         if fail_fast:
-            raise StageFailed(_error_text(stage, exc)) from exc
+            ids = ", ".join(repr(batch[i].question.id) for i in todo[:5]) + (", ..." if len(todo) > 5 else "")
+            raise StageFailed(f"stopped at the first failure (fail_fast): on question(s) {ids}: {_error_text(stage, exc)}") from exc
         if len(todo) == 1:
             _mark(out[todo[0]], stage, exc)
             return out
@@ -66,17 +69,36 @@ def _mark(state: QAState, stage: Stage, exc: BaseException) -> None:
     state.trace["error_traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=6))
 
 
-def make_context(index_dir: Path | None, *, cache_dir: Path | None, seed: int, device: str) -> RunContext:
-    """Open the index (if any) and build a fresh ``RunContext`` with its own model hub."""
+def make_context(
+    index_dir: Path | None,
+    *,
+    cache_dir: Path | None,
+    seed: int,
+    device: str,
+    kv_dir: Path | None = None,
+    verify: str = "sizes",
+) -> RunContext:
+    """Open the index (if any) and build a fresh ``RunContext`` with its own model hub.
+
+    ``cache_dir`` is the model cache, ``kv_dir`` the stages' cross-run cache (``ctx.cache_dir``;
+    None: memory only). The index is checked against its manifest first (``verify``: ``sizes``
+    or ``full``, see :func:`longread.pipelines.indexdir.check_index`), so a damaged file is one
+    error naming it, not a numpy or JSON error from deep inside a stage.
+    """
     from ..models.hub import ModelHub
+    from .indexdir import check_index, read_manifest, rebuild_command
     from .store import CorpusStore
 
-    store = CorpusStore.load(index_dir) if index_dir is not None else None
+    store = None
+    if index_dir is not None:
+        manifest = read_manifest(index_dir)
+        check_index(index_dir, manifest, verify)  # type: ignore[arg-type]
+        store = CorpusStore.load(index_dir, rebuild_hint=rebuild_command(index_dir, manifest))
     return RunContext(
         models=ModelHub(cache_dir=cache_dir, device=device),
         index_dir=index_dir,
         store=store,
-        cache_dir=cache_dir,
+        cache_dir=kv_dir,
         seed=seed,
         device=device,
     )
@@ -98,7 +120,13 @@ def _seed_all(seed: int) -> None:
 
 
 class LocalExecutor:
-    """Runs every stage in this process, batch by batch, yielding states as their batch finishes."""
+    """Runs every stage in this process and yields each state as soon as its reader batch finishes.
+
+    The stages form a chain of lazy batchers: a stage takes ``batch_size`` states from the one
+    before it only when the stage after it asks for more, so the first answers come out after one
+    batch of each stage (not after the whole question set has passed every stage), a progress bar
+    moves from the first reader batch on, and a kill loses at most the batches in flight.
+    """
 
     def __init__(self, stages: Sequence[Stage], batch_sizes: Sequence[int], ctx: RunContext, *, fail_fast: bool = False):
         self.stages = list(stages)
@@ -115,18 +143,20 @@ class LocalExecutor:
                 st.setup(self.ctx)
             self._ready = True
 
+    def _batched(self, stage: Stage, batch_size: int, upstream: Iterator[QAState]) -> Iterator[QAState]:
+        while True:
+            batch = list(itertools.islice(upstream, batch_size))
+            if not batch:
+                return
+            yield from run_stage_safely(stage, batch, fail_fast=self.fail_fast)
+
     def run(self, states: list[QAState]) -> Iterator[QAState]:
         """Yield finished states (errored ones included) in input order."""
         self.setup()
-        group = max(self.batch_sizes) if self.batch_sizes else 1
-        for g in range(0, len(states), group):
-            batch = states[g : g + group]
-            for st, bs in zip(self.stages, self.batch_sizes):
-                out: list[QAState] = []
-                for b in range(0, len(batch), bs):
-                    out.extend(run_stage_safely(st, batch[b : b + bs], fail_fast=self.fail_fast))
-                batch = out
-            yield from batch
+        it: Iterator[QAState] = iter(states)
+        for st, bs in zip(self.stages, self.batch_sizes):
+            it = self._batched(st, bs, it)
+        yield from it
 
 
 class _RayStageActor:
@@ -134,7 +164,7 @@ class _RayStageActor:
 
     def __init__(
         self, key: str, params: dict, index_dir: str | None, cache_dir: str | None, seed: int, device: str, fail_fast: bool,
-        num_cpus: float = 1.0,
+        num_cpus: float = 1.0, kv_dir: str | None = None,
     ):
         from .. import registry
 
@@ -148,7 +178,10 @@ class _RayStageActor:
 
         cls = registry.get(key)
         self.stage = cls(cls.Params.model_validate(params))
-        ctx = make_context(Path(index_dir) if index_dir else None, cache_dir=Path(cache_dir) if cache_dir else None, seed=seed, device=device)
+        ctx = make_context(
+            Path(index_dir) if index_dir else None, cache_dir=Path(cache_dir) if cache_dir else None, seed=seed,
+            device=device, kv_dir=Path(kv_dir) if kv_dir else None,
+        )
         _seed_all(seed)
         self.stage.setup(ctx)
         self.fail_fast = fail_fast
@@ -180,8 +213,10 @@ class RayExecutor:
         device: str = "cpu",
         address: str | None = None,
         fail_fast: bool = False,
+        kv_dir: Path | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.kv_dir = kv_dir
         self.index_dir = index_dir
         self.cache_dir = cache_dir
         self.seed = seed
@@ -224,6 +259,7 @@ class RayExecutor:
                 "device": self.device,
                 "fail_fast": self.fail_fast,
                 "num_cpus": r.num_cpus,
+                "kv_dir": str(self.kv_dir) if self.kv_dir else None,
             }
             if registry.get(spec.key).stateless:
                 # Nothing to load: plain tasks, retried by Ray if their worker dies.

@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..config import ConfigError, PipelineConfig, load_config, parse_config
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_dir, atomic_write_json, remove_stale_temps
 from ..stage import RunContext, Stage
 from ..types import Document, QAState, Question
+from .indexdir import INDEX_FORMAT, MANIFEST, VERIFY_MODES, Verify, file_table, index_lock, read_manifest
 
 __all__ = ["Pipeline", "IndexMismatchError", "INDEX_FORMAT"]
-
-INDEX_FORMAT = 1
-MANIFEST = "manifest.json"
 
 
 class IndexMismatchError(ValueError):
@@ -76,6 +74,13 @@ class Pipeline:
 
     Construction is cheap (no model loads). ``index`` builds or reuses an index dir; ``answer``
     runs the query stages on questions with the ``local`` or ``ray`` executor.
+
+    ``cache_dir`` is the model cache root (default ``$LONGREAD_CACHE`` or ``~/.cache/longread``).
+    ``kv_cache``: where stages keep page KV and chunk embeddings across runs — True (default)
+    for ``<cache root>/kv``, a path, or False for memory only; ``kv_max`` bounds it (bytes or
+    ``"20GB"``; default ``$LONGREAD_KV_MAX`` or 20 GB; 0 means memory only), least recently used
+    entries go first (see :mod:`longread.cache`). ``verify`` is how an index is checked when
+    opened: ``sizes`` (every file's size against the manifest) or ``full`` (also every sha256).
     """
 
     def __init__(
@@ -85,11 +90,23 @@ class Pipeline:
         source: str = "<config>",
         cache_dir: str | Path | None = None,
         device: str = "cpu",
+        kv_cache: bool | str | Path = True,
+        kv_max: int | str | None = None,
+        verify: Verify = "sizes",
     ) -> None:
+        from ..cache import kv_max_bytes, kv_root
+
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {list(VERIFY_MODES)}, got {verify!r}")
         self.config = config
         self.source = source
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = device
+        self.verify: Verify = verify
+        self.kv_max = kv_max_bytes(kv_max)
+        if kv_cache is True:
+            kv_cache = kv_root(self.cache_dir)
+        self.kv_dir: Path | None = Path(kv_cache) if kv_cache is not False and self.kv_max > 0 else None
         self.stages: list[Stage] = config.build_stages(source)
         self._ctx: RunContext | None = None
         self._executor = None
@@ -120,12 +137,17 @@ class Pipeline:
         *,
         show_progress: bool = True,
         rebuild: bool = False,
+        corpus_path: str | Path | None = None,
     ) -> Path:
         """Chunk ``documents`` and build every index part the stages need into ``index_dir``.
 
         An existing index of the same corpus and chunker is reused (only missing parts are built);
         one of a different corpus or chunker raises ``IndexMismatchError`` unless ``rebuild``.
-        Every part is written to a temp dir and renamed into place when complete.
+        Every part is written to a temp dir and renamed into place when complete, and the manifest
+        records each file's size and sha256. Building holds the index dir's writer lock: a second
+        builder raises :class:`longread.errors.LockedError` naming the first one's pid; temp dirs a
+        killed builder left are removed. ``corpus_path`` is recorded for the rebuild command that
+        error messages print.
         """
         from .chunking import chunk_documents
         from .store import CorpusStore
@@ -141,13 +163,95 @@ class Pipeline:
                 raise ValueError(f"duplicate document id {d.id!r}")
             seen.add(d.id)
         index_dir = Path(index_dir)
+        if index_dir.exists() and not index_dir.is_dir():
+            raise NotADirectoryError(f"index dir {str(index_dir)!r} is a file, not a directory")
         digest = corpus_digest(docs)
         chunker = self.config.chunker.model_dump(mode="json")
-        manifest_path = index_dir / MANIFEST
-        hub = self._hub()
-        manifest: dict[str, Any] | None = None
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        needed = [(stage, name, builder) for stage in self.stages for name, builder in stage.indexes().items()]
+        if not rebuild and self._complete(index_dir, digest, chunker, [n for _, n, _ in needed]):
+            return index_dir  # nothing to write: no lock needed, concurrent runs may share it
+        with index_lock(index_dir):
+            remove_stale_temps(index_dir.parent, [index_dir.name])
+            remove_stale_temps(index_dir)
+            manifest = self._reusable_manifest(index_dir, digest, chunker, rebuild, docs)
+            hub = self._hub()
+            if manifest is None:
+                t0 = time.perf_counter()
+                chunks = chunk_documents(docs, self.config.chunker, hub=hub, show_progress=show_progress)
+                store = CorpusStore(docs, chunks)
+                manifest = {
+                    "format": INDEX_FORMAT,
+                    "corpus_sha256": digest,
+                    "chunker": chunker,
+                    "n_documents": len(docs),
+                    "n_chunks": len(chunks),
+                    "parts": {},
+                    "chunk_seconds": round(time.perf_counter() - t0, 3),
+                    "built_with": self._built_with(corpus_path),
+                }
+                if loader is not None:
+                    manifest["loader"] = loader
+                with atomic_dir(index_dir) as tmp:
+                    store.save(tmp)
+                    manifest["files"] = file_table(tmp)
+                    atomic_write_json(tmp / MANIFEST, manifest)
+            else:
+                from .indexdir import check_index, rebuild_command
+
+                check_index(index_dir, manifest, "sizes")  # never build new parts on a damaged store
+                store = CorpusStore.load(index_dir, rebuild_hint=rebuild_command(index_dir, manifest))
+                if "files" not in manifest:  # format 1: record what is there now, from here on checked
+                    manifest["files"] = {k: v for name in [None, *manifest["parts"]] for k, v in file_table(index_dir, name).items()}
+                    manifest["format"] = INDEX_FORMAT
+                    manifest.setdefault("built_with", self._built_with(corpus_path))
+                    atomic_write_json(index_dir / MANIFEST, manifest)
+
+            kv = self.kv_dir
+            ctx = RunContext(models=hub, index_dir=index_dir, store=store, cache_dir=kv, seed=self.config.seed, device=self.device)
+            for stage, name, builder in needed:
+                if name in manifest["parts"] and (index_dir / name).is_dir():
+                    continue
+                t0 = time.perf_counter()
+                with atomic_dir(index_dir / name) as tmp:
+                    builder(ctx, tmp)
+                manifest["parts"][name] = {"stage": stage.key, "seconds": round(time.perf_counter() - t0, 3)}
+                manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(f"{name}/")}
+                manifest["files"].update(file_table(index_dir, name))
+                atomic_write_json(index_dir / MANIFEST, manifest)
+        return index_dir
+
+    def _built_with(self, corpus_path: str | Path | None) -> dict[str, Any]:
+        src = self.source if self.source != "<config>" else self.config.name
+        if src != self.config.name and Path(src).is_file():
+            src = str(Path(src).resolve())
+        return {"config": src, "corpus": str(Path(corpus_path).resolve()) if corpus_path else None}
+
+    @staticmethod
+    def _complete(index_dir: Path, digest: str, chunker: dict, names: list[str]) -> bool:
+        """True when ``index_dir`` already holds this corpus, chunker and every part (and checksums)."""
+        try:
+            m = json.loads((index_dir / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(m, dict) and m.get("format") == INDEX_FORMAT and m.get("corpus_sha256") == digest
+            and m.get("chunker") == chunker and all(n in (m.get("parts") or {}) and (index_dir / n).is_dir() for n in names)
+        )
+
+    @staticmethod
+    def _reusable_manifest(
+        index_dir: Path, digest: str, chunker: dict, rebuild: bool, docs: Sequence[Document]
+    ) -> dict[str, Any] | None:
+        """The manifest to extend, None to build from scratch; raise when the dir is someone else's."""
+        from ..errors import IndexCorruptError
+
+        if (index_dir / MANIFEST).is_file():
+            try:
+                manifest = read_manifest(index_dir)
+            except IndexCorruptError:
+                if rebuild:
+                    return None
+                raise
             same = manifest.get("corpus_sha256") == digest and manifest.get("chunker") == chunker
             if not same and not rebuild:
                 changed = changed_file_message(index_dir, docs)
@@ -158,56 +262,35 @@ class Pipeline:
                     f"index dir {str(index_dir)!r} was built for a different {what}; "
                     "use another --index dir or rebuild it (--rebuild)"
                 )
-            if not same:
-                manifest = None
-        elif index_dir.exists() and any(index_dir.iterdir()):
+            return manifest if same and not rebuild else None
+        if index_dir.exists() and any(index_dir.iterdir()):
             raise IndexMismatchError(f"{str(index_dir)!r} is not empty and holds no {MANIFEST}; refusing to write into it")
-
-        if manifest is None:
-            t0 = time.perf_counter()
-            chunks = chunk_documents(docs, self.config.chunker, hub=hub, show_progress=show_progress)
-            store = CorpusStore(docs, chunks)
-            manifest = {
-                "format": INDEX_FORMAT,
-                "corpus_sha256": digest,
-                "chunker": chunker,
-                "n_documents": len(docs),
-                "n_chunks": len(chunks),
-                "parts": {},
-                "chunk_seconds": round(time.perf_counter() - t0, 3),
-            }
-            if loader is not None:
-                manifest["loader"] = loader
-            with atomic_dir(index_dir) as tmp:
-                store.save(tmp)
-                atomic_write_json(tmp / MANIFEST, manifest)
-        else:
-            store = CorpusStore.load(index_dir)
-
-        ctx = RunContext(models=hub, index_dir=index_dir, store=store, cache_dir=self.cache_dir, seed=self.config.seed, device=self.device)
-        for stage in self.stages:
-            for name, builder in stage.indexes().items():
-                if (index_dir / name).is_dir():
-                    continue
-                t0 = time.perf_counter()
-                with atomic_dir(index_dir / name) as tmp:
-                    builder(ctx, tmp)
-                manifest["parts"][name] = {"stage": stage.key, "seconds": round(time.perf_counter() - t0, 3)}
-                atomic_write_json(manifest_path, manifest)
-        return index_dir
+        return None
 
     # -- answering ----------------------------------------------------------------------------
     def context(self, index_dir: str | Path | None) -> RunContext:
-        """The run context for ``index_dir`` (opened once and reused by later calls)."""
+        """The run context for ``index_dir`` (opened once and reused by later calls).
+
+        Opening checks the index against its manifest (``self.verify``) and raises
+        ``FileNotFoundError`` for a dir that is no index, :class:`longread.errors.IndexCorruptError`
+        naming the damaged file and the rebuild command.
+        """
         idx = Path(index_dir) if index_dir is not None else None
         if self._ctx is None or self._ctx.index_dir != idx:
             from .executors import make_context
 
-            if idx is not None and not (idx / MANIFEST).is_file():
-                raise FileNotFoundError(f"{str(idx)!r} is not a longread index (no {MANIFEST}); run `longread index` first")
-            self._ctx = make_context(idx, cache_dir=self.cache_dir, seed=self.config.seed, device=self.device)
+            self._ctx = make_context(
+                idx, cache_dir=self.cache_dir, seed=self.config.seed, device=self.device, kv_dir=self.kv_dir, verify=self.verify
+            )
             self._executor = None
         return self._ctx
+
+    def evict_kv(self) -> None:
+        """Trim the KV cache to ``kv_max`` (least recently used first); see :func:`longread.cache.evict`."""
+        if self.kv_dir is not None:
+            from ..cache import evict
+
+            evict(self.kv_dir, self.kv_max)
 
     def iter_answers(
         self,
@@ -224,6 +307,7 @@ class Pipeline:
         if executor not in {"local", "ray"}:
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         ctx = self.context(index_dir)
+        self.evict_kv()
         states = []
         for q in questions:
             st = QAState(question=q)
@@ -248,10 +332,14 @@ class Pipeline:
                 device=self.device,
                 address=address,
                 fail_fast=fail_fast,
+                kv_dir=self.kv_dir,
             ).run(states)
-        for st in it:
-            self._finish_trace(st)
-            yield st
+        try:
+            for st in it:
+                self._finish_trace(st)
+                yield st
+        finally:
+            self.evict_kv()
 
     def answer(self, questions: Sequence[Question], **kwargs: Any) -> list[QAState]:
         """Answer every question; same keyword arguments as :meth:`iter_answers`."""

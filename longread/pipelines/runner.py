@@ -1,15 +1,15 @@
 """Run dirs: answer a question set into ``RUN_DIR`` with streaming, resumable predictions.
 
-A run dir holds ``config.yaml`` (resolved), ``run.json`` (seed, versions, model checksums, inputs),
-``predictions.jsonl`` (one line per question, flushed as it finishes), ``metrics.json`` and
-``report.md``. ``resume=True`` continues a killed run: lines already written are kept, a torn last
-line is cut off, and only questions without a line are answered.
+A run dir holds ``config.yaml`` (resolved), ``run.json`` (seed, versions, model checksums, inputs
+and their digests), ``predictions.jsonl`` (one line per question, flushed as it finishes),
+``metrics.json`` and ``report.md``. ``resume=True`` continues a killed run: lines already written
+are kept, a torn last line is cut off, and only questions without a line are answered — as long
+as the config, the questions and the index are the ones the run started with. The dir's
+lifecycle (lock, record, resume checks, appends, scoring) is :class:`~longread.pipelines.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -18,18 +18,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..eval.evaluator import read_predictions
-from ..io import atomic_write_json, atomic_write_text
 from ..types import Document, Prediction, QAState, Question
-from ..data import write_jsonl
 from .pipeline import Pipeline
+from .rundir import PREDICTIONS, RunDir, RunDirError, config_digest, file_digest, questions_digest, repair_torn_tail
 
-__all__ = ["RunResult", "run", "read_predictions", "repair_torn_tail", "RunDirError"]
-
-PREDICTIONS = "predictions.jsonl"
-
-
-class RunDirError(ValueError):
-    """A run dir that cannot be used as asked (exists without --resume, other config, ...)."""
+__all__ = ["RunResult", "run", "read_predictions", "repair_torn_tail", "RunDirError", "RunDir", "PREDICTIONS"]
 
 
 @dataclass
@@ -49,17 +42,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def repair_torn_tail(path: Path) -> None:
-    """Cut a torn last line (a run killed mid-write) off ``predictions.jsonl``, if there is one."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    good_end = data.rfind(b"\n") + 1
-    if good_end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
 
 
 def _prediction(state: QAState) -> Prediction:
@@ -92,77 +74,87 @@ def run(
     ``metric_style`` is ``squad`` or ``hotpotqa`` (yes/no answers). The questions are copied to
     ``run_dir/questions.jsonl`` so the run dir can be re-evaluated on its own.
     ``index_dir`` defaults to ``run_dir/index``; with ``documents=None`` it must already exist.
+    ``inputs`` names the input files (``corpus``, ``questions``) for the record; a questions file
+    named there is hashed into ``run.json`` too.
     Raises ``RunDirError`` when ``run_dir`` already has predictions and ``resume`` is not set, or
-    when resuming with a different config.
+    when resuming with a different config, other questions or another index;
+    :class:`longread.errors.LockedError` when another process writes ``run_dir``.
     """
-    from ..eval.evaluator import evaluate
-    from ..eval.report import write_report
+    from .indexdir import index_digest, read_manifest
 
-    run_dir = Path(run_dir)
     if limit is not None:
         if limit <= 0:
             raise ValueError(f"limit must be > 0, got {limit}")
-        questions = list(questions)[:limit]
+    all_questions = list(questions)
+    questions = all_questions[:limit] if limit is not None else all_questions
     ids = [q.id for q in questions]
-    dup = {i for i in ids if ids.count(i) > 1} if len(set(ids)) != len(ids) else set()
-    if dup:
-        raise ValueError(f"duplicate question ids: {sorted(dup)[:5]}")
-    pred_path = run_dir / PREDICTIONS
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate question ids: {dup[:5]}")
+    inputs = dict(inputs or {})
+    rd = RunDir(run_dir)
     config_yaml = pipeline.config.to_yaml()
-    if pred_path.exists() and not resume:
-        raise RunDirError(f"{str(run_dir)!r} already holds predictions; pass --resume to continue it or choose another --out")
-    if resume and (run_dir / "config.yaml").is_file():
-        old = (run_dir / "config.yaml").read_text(encoding="utf-8")
-        if old != config_yaml:
-            raise RunDirError(f"{str(run_dir)!r} was run with a different config; cannot resume it with this one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config_yaml)
-    write_jsonl(run_dir / "questions.jsonl", questions)
+    with rd.lock():
+        rd.check_fresh_or_resume(resume)
+        continuing = resume and rd.holds_predictions()  # else there is nothing to keep consistent with
+        if continuing:
+            rd.check_inputs(config_yaml, all_questions, inputs.get("questions"))
+        old = rd.record() if continuing else {}
 
-    idx = Path(index_dir) if index_dir is not None else run_dir / "index"
-    t_index = 0.0
-    if documents is not None:
-        t0 = time.perf_counter()
-        pipeline.index(documents, idx, show_progress=show_progress)
-        t_index = time.perf_counter() - t0
+        idx = Path(index_dir) if index_dir is not None else rd.path / "index"
+        t_index = 0.0
+        if documents is not None:
+            t0 = time.perf_counter()
+            pipeline.index(documents, idx, show_progress=show_progress, corpus_path=inputs.get("corpus"))
+            t_index = time.perf_counter() - t0
+        digest = index_digest(read_manifest(idx)) if (idx / "manifest.json").is_file() else None
+        if continuing:
+            rd.check_index(digest, idx)
 
-    meta = {
-        "config_name": pipeline.config.name,
-        "seed": pipeline.config.seed,
-        "executor": executor,
-        "metric_style": metric_style,
-        "index_dir": str(idx.resolve()),
-        "inputs": inputs or {},
-        "versions": _versions(),
-        "index_seconds": round(t_index, 3),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_json(run_dir / "run.json", meta)
+        meta = {
+            "config_name": pipeline.config.name,
+            "seed": pipeline.config.seed,
+            "executor": executor,
+            "metric_style": metric_style,
+            "index_dir": str(idx.resolve()),
+            "inputs": inputs,
+            "limit": limit,
+            "digests": {
+                "config_sha256": config_digest(config_yaml),
+                "questions_sha256": questions_digest(all_questions),
+                "questions_file_sha256": file_digest(inputs.get("questions")),
+                "index": digest,
+            },
+            "versions": _versions(),
+            # A resumed run's indexing time adds to the first part's: what this run dir cost.
+            "index_seconds": round(float(old.get("index_seconds") or 0.0) + t_index, 3),
+            "started": old.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if continuing and old:
+            meta["resumed"] = [*old.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
+        rd.begin(config_yaml, questions, meta)
 
-    repair_torn_tail(pred_path)
-    done = {p.id for p in read_predictions(pred_path)} if pred_path.is_file() else set()
-    todo = [q for q in questions if q.id not in done]
-    n_now = 0
-    if todo:
-        from tqdm.auto import tqdm
+        done = rd.done_ids()
+        todo = [q for q in questions if q.id not in done]
+        n_now = 0
+        if todo:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc=f"answering ({pipeline.config.name})", disable=not show_progress, unit="q")
-        with open(pred_path, "a", encoding="utf-8") as f:
-            for state in pipeline.iter_answers(todo, index_dir=idx, executor=executor, address=address, fail_fast=fail_fast):
-                f.write(_prediction(state).model_dump_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                n_now += 1
-                bar.update(1)
-        bar.close()
-    preds = read_predictions(pred_path)
-    wanted = set(ids)
-    preds = [p for p in preds if p.id in wanted]
-    metrics = evaluate(preds, list(questions), metric_style=metric_style)  # type: ignore[arg-type]
-    metrics["index_seconds"] = round(t_index, 3)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir, metrics, config_name=pipeline.config.name, predictions=preds, questions=list(questions))
-    meta["models"] = pipeline.context(idx).models.provenance()
-    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_json(run_dir / "run.json", meta)
-    return RunResult(run_dir=run_dir, metrics=metrics, n_answered_now=n_now)
+            bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc=f"answering ({pipeline.config.name})",
+                       disable=not show_progress, unit="q")
+            try:
+                with rd.appender() as append:
+                    for state in pipeline.iter_answers(todo, index_dir=idx, executor=executor, address=address, fail_fast=fail_fast):
+                        append(_prediction(state))
+                        n_now += 1
+                        bar.update(1)
+            finally:
+                bar.close()
+        meta["models"] = pipeline.context(idx).models.provenance()
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        from ..io import atomic_write_json
+
+        atomic_write_json(rd.run_json, meta)
+        metrics = rd.finalize()  # scores the questions.jsonl just written: this run's questions
+    return RunResult(run_dir=rd.path, metrics=metrics, n_answered_now=n_now)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, TypeVar
 
+from pydantic import ValidationError
+
+from ..errors import IndexCorruptError, clip
 from ..io import atomic_write_text
 from ..types import Chunk, Document
 
 __all__ = ["CorpusStore"]
+
+T = TypeVar("T", Document, Chunk)
 
 
 class CorpusStore:
@@ -58,15 +63,37 @@ class CorpusStore:
         atomic_write_text(directory / "chunks.jsonl", "".join(c.model_dump_json() + "\n" for c in self.chunks))
 
     @classmethod
-    def load(cls, directory: Path) -> "CorpusStore":
-        """Read a store written by ``save``."""
-        docs = [Document.model_validate_json(line) for line in _lines(directory / "documents.jsonl")]
-        chunks = [Chunk.model_validate_json(line) for line in _lines(directory / "chunks.jsonl")]
-        return cls(docs, chunks)
+    def load(cls, directory: Path, *, rebuild_hint: str | None = None) -> "CorpusStore":
+        """Read a store written by ``save``.
+
+        Raises :class:`IndexCorruptError` naming the file and line of a record that does not parse
+        (``rebuild_hint``, e.g. the rebuild command, is appended) and ``FileNotFoundError`` for a
+        missing file.
+        """
+        hint = f"; rebuild the index: {rebuild_hint}" if rebuild_hint else "; rebuild the index (--rebuild)"
+        docs = list(_records(directory / "documents.jsonl", Document, hint))
+        chunks = list(_records(directory / "chunks.jsonl", Chunk, hint))
+        try:
+            return cls(docs, chunks)
+        except ValueError as e:
+            raise IndexCorruptError(f"index {str(directory)!r}: {e}{hint}") from None
 
 
-def _lines(path: Path) -> Iterable[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield line
+def _records(path: Path, model: type[T], hint: str) -> Iterator[T]:
+    """The records of a JSONL file; a bad one raises naming the file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"index file {path} is missing{hint}")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise IndexCorruptError(f"{path}:{lineno}: not UTF-8 ({e.reason}){hint}") from None
+            if not line.strip():
+                continue
+            try:
+                rec = model.model_validate_json(line)
+            except ValidationError as e:
+                first = e.errors()[0]
+                raise IndexCorruptError(f"{path}:{lineno}: bad {model.__name__.lower()} record ({clip(first['msg'], 200)}){hint}") from None
+            yield rec

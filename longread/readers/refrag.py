@@ -337,6 +337,7 @@ class ChunkStore:
         path = self._path(digest)
         if path is None or not path.is_file():
             return None
+        path.touch()  # last use, for the KV cache's LRU eviction (longread.cache)
         from safetensors.numpy import load_file
 
         data = load_file(str(path))

@@ -164,7 +164,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--neg-pool", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--padding", choices=["max_length", "longest"], default="longest")
+    p.add_argument(
+        "--padding", choices=["max_length", "longest"], default="max_length",
+        help="max_length (default): every input padded to the model's full length, as the official "
+        "checkpoints were trained and evaluated; longest: each batch at its own length (faster, masked)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

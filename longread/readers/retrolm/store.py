@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ...io import make_temp_dir
+
 __all__ = [
     "FORMAT_VERSION", "META", "page_file", "write_tensors", "doc_key", "PageWriter", "SpillDir", "PagedDoc",
     "open_paged", "PageStore",
@@ -93,7 +95,8 @@ class PageWriter:
         final.parent.mkdir(parents=True, exist_ok=True)
         self.final, self.key = final, key
         self.meta = {"format": str(FORMAT_VERSION), "key": key, **meta}
-        self.tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        # The umask's mode, not mkdtemp's 0700: other users and Ray workers read the shared cache.
+        self.tmp = make_temp_dir(final.parent, prefix=f".{final.name}.", suffix=".tmp")
         self.n_pages = 0
 
     def page(self, i: int, k: Any, v: Any) -> None:
@@ -248,6 +251,8 @@ class PageStore:
         for root, source in ((self.index_root, "index"), (self.cache_root, "disk")):
             doc = open_paged(key, root / key, source, self.device) if root is not None else None
             if doc is not None:
+                if source == "disk":
+                    (root / key).touch()  # last use, for the KV cache's LRU eviction (longread.cache)
                 self._hit(f"{source}_hits")
                 return doc, 0
         spill = SpillDir() if self.cache_root is None else None  # removed when the last holder goes
