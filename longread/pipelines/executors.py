@@ -17,7 +17,7 @@ from ..errors import clip
 from ..stage import RunContext, Stage
 from ..types import QAState
 
-__all__ = ["run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context"]
+__all__ = ["run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context", "init_ray", "set_worker_threads"]
 
 ERROR_KEY = "error"
 
@@ -83,7 +83,9 @@ def make_context(
     ``cache_dir`` is the model cache, ``kv_dir`` the stages' cross-run cache (``ctx.cache_dir``;
     None: memory only). The index is checked against its manifest first (``verify``: ``sizes``
     or ``full``, see :func:`longread.pipelines.indexdir.check_index`), so a damaged file is one
-    error naming it, not a numpy or JSON error from deep inside a stage.
+    error naming it, not a numpy or JSON error from deep inside a stage. The corpus store is
+    opened lazily (:class:`~longread.pipelines.store.ShardedStore`): every worker maps the same
+    files, so the OS shares their pages instead of each process holding a copy of the corpus.
     """
     from ..models.hub import ModelHub
     from .indexdir import check_index, read_manifest, rebuild_command
@@ -159,6 +161,31 @@ class LocalExecutor:
         yield from it
 
 
+def set_worker_threads(num_cpus: float) -> None:
+    """Give torch one intra-op thread per CPU granted to this Ray worker: actors must not
+    oversubscribe cores."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(num_cpus)))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address``, or start a local one (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+    if address:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+
+
 class _RayStageActor:
     """Ray actor (or task body) that owns one stage: built and set up once per worker."""
 
@@ -168,14 +195,7 @@ class _RayStageActor:
     ):
         from .. import registry
 
-        try:
-            import torch
-
-            # One intra-op thread pool per CPU granted to this worker: actors must not oversubscribe cores.
-            torch.set_num_threads(max(1, int(num_cpus)))
-        except ImportError:  # pragma: no cover
-            pass
-
+        set_worker_threads(num_cpus)
         cls = registry.get(key)
         self.stage = cls(cls.Params.model_validate(params))
         ctx = make_context(
@@ -225,16 +245,7 @@ class RayExecutor:
         self.fail_fast = fail_fast
 
     def _init(self) -> None:
-        import ray
-
-        if ray.is_initialized():
-            return
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
-        if self.address:
-            kwargs["address"] = self.address
-        ray.init(**kwargs)
+        init_ray(self.address)
 
     def run(self, states: list[QAState], on_progress: Callable[[int], None] | None = None) -> Iterator[QAState]:
         """Yield finished states; order follows the input (the dataset preserves order)."""

@@ -32,7 +32,7 @@ from pydantic import field_validator
 
 from ..io import atomic_write_json
 from ..registry import register
-from ..stage import IndexBuilder, Params, RunContext, Stage, timed
+from ..stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
 from ..types import QAState
 from .common import Hits, make_passages, part_name, top_k
 
@@ -104,19 +104,28 @@ class OkapiIndex:
     @classmethod
     def build(cls, corpus_tokens: Sequence[Sequence[str]], *, k1: float, b: float, epsilon: float = OKAPI_EPSILON) -> "OkapiIndex":
         """Index tokenised documents. Raises ``ValueError`` when no document has any token."""
-        import bm25s
-
-        n = len(corpus_tokens)
-        lens = np.fromiter(map(len, corpus_tokens), dtype=np.int64, count=n)
-        total = int(lens.sum())
-        if n == 0 or total == 0:
-            raise ValueError(f"cannot build a BM25 index: none of the {n} chunks has an indexable term")
+        lens = np.fromiter(map(len, corpus_tokens), dtype=np.int64, count=len(corpus_tokens))
         # Term ids in order of first occurrence; map()/dict.fromkeys keep the per-token work in C.
         tokens = list(itertools.chain.from_iterable(corpus_tokens))
         vocab: dict[str, int] = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-        v = len(vocab)
-        flat = np.fromiter(map(vocab.__getitem__, tokens), dtype=np.int64, count=total)
+        flat = np.fromiter(map(vocab.__getitem__, tokens), dtype=np.int64, count=len(tokens))
         del tokens
+        return cls.from_ids(vocab, flat, lens, k1=k1, b=b, epsilon=epsilon)
+
+    @classmethod
+    def from_ids(
+        cls, vocab: dict[str, int], flat: np.ndarray, lens: np.ndarray, *, k1: float, b: float, epsilon: float = OKAPI_EPSILON
+    ) -> "OkapiIndex":
+        """Index documents given as term ids: ``flat`` holds every document's ids in turn, ``lens``
+        their counts, ``vocab`` maps terms to ids. Raises ``ValueError`` when no document has a term."""
+        import bm25s
+
+        n = len(lens)
+        total = int(lens.sum())
+        if n == 0 or total == 0:
+            raise ValueError(f"cannot build a BM25 index: none of the {n} chunks has an indexable term")
+        v = len(vocab)
+        flat = np.asarray(flat, dtype=np.int64)
         doc_of = np.repeat(np.arange(n, dtype=np.int64), lens)
         # One key per (term, doc) pair, term-major: unique() sorts into CSC order and counts tf.
         keys, tf = np.unique(flat * n + doc_of, return_counts=True)
@@ -320,18 +329,23 @@ class BM25Retriever(Stage):
         return self._tokenizer
 
     def indexes(self) -> dict[str, IndexBuilder]:
-        """One part: the BM25 index of every chunk's text."""
-        return {self.part: self._build}
+        """One part: the BM25 index of every chunk's text, tokenised shard by shard."""
+        return {self.part: ShardedBuilder(map=self._tokenize_shard, reduce=self._build)}
 
-    def _build(self, ctx: RunContext, out: Path) -> None:
-        store = ctx.require_store()
+    def _tokenize_shard(self, ctx: RunContext, shard: ChunkShard, out: Path) -> None:
+        from .bm25_shards import save_token_shard
+
+        save_token_shard(out, self.tokenizer().many(shard.texts))
+
+    def _build(self, ctx: RunContext, shards: Sequence[Path], out: Path) -> None:
+        from .bm25_shards import build_index_from_shards
+
         p = self.params
-        tokens = self.tokenizer().many([c.text for c in store.chunks], show_progress=len(store.chunks) > 10_000)
-        index = build_index(tokens, p.backend, k1=p.k1, b=p.b)
+        index = build_index_from_shards(shards, p.backend, k1=p.k1, b=p.b)
         index.save(out)
         atomic_write_json(out / META_FILE, {
             "format": FORMAT_VERSION, "backend": p.backend, "k1": p.k1, "b": p.b, "epsilon": OKAPI_EPSILON,
-            "stemmer": p.stemmer, "stopwords": p.stopwords, "n_docs": len(store.chunks),
+            "stemmer": p.stemmer, "stopwords": p.stopwords, "n_docs": index.n_docs,
         })
 
     def setup(self, ctx: RunContext) -> None:

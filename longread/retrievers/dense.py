@@ -31,7 +31,7 @@ from pydantic import field_validator
 
 from ..io import atomic_write_json
 from ..registry import register
-from ..stage import IndexBuilder, Params, RunContext, Stage, timed
+from ..stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
 from ..types import QAState
 from .common import Hits, make_passages, part_name, slug, top_k
 
@@ -151,23 +151,33 @@ class DenseRetriever(Stage):
         return part_name(f"dense-{slug(p.encoder)}", fields)
 
     def indexes(self) -> dict[str, IndexBuilder]:
-        """One part: chunk vectors and the faiss index over them."""
-        return {self.part: self._build}
+        """One part: chunk vectors (encoded shard by shard) and the faiss index over them."""
+        return {self.part: ShardedBuilder(map=self._encode_shard, reduce=self._build, uses_model=True)}
 
-    def _build(self, ctx: RunContext, out: Path) -> None:
-        import faiss
-
-        store = ctx.require_store()
+    def _encode_shard(self, ctx: RunContext, shard: ChunkShard, out: Path) -> None:
         p = self.params
         encoder = ctx.models.encoder(p.encoder)
+        vectors = np.zeros((0, encoder.dim), dtype=np.float32)
         if p.long_docs == "split":
             from ..encoders.longdoc import encode_windows
 
-            vectors, owner, _ = encode_windows(encoder, [c.text for c in store.chunks], kind="document", batch_size=p.batch_size)
-            np.save(out / "owner.npy", owner, allow_pickle=False)
-        else:
-            vectors = encoder.encode([c.text for c in store.chunks], kind="document", batch_size=p.batch_size, show_progress=True)
-        np.save(out / "vectors.npy", vectors, allow_pickle=False)
+            owner = np.zeros(0, dtype=np.int64)
+            if shard.texts:
+                vectors, owner, _ = encode_windows(encoder, shard.texts, kind="document", batch_size=p.batch_size)
+            np.save(out / "owner.npy", owner + shard.start, allow_pickle=False)  # rows name global chunk positions
+        elif shard.texts:
+            vectors = encoder.encode(shard.texts, kind="document", batch_size=p.batch_size)
+        np.save(out / "vectors.npy", np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+
+    def _build(self, ctx: RunContext, shards: Sequence[Path], out: Path) -> None:
+        import faiss
+
+        from ..pipelines.indexing import concat_npy
+
+        p = self.params
+        if p.long_docs == "split":
+            concat_npy([d / "owner.npy" for d in shards], out / "owner.npy")
+        vectors = concat_npy([d / "vectors.npy" for d in shards], out / "vectors.npy")
         # One thread also makes HNSW construction reproducible (parallel inserts race).
         with omp_threads(p.faiss_threads):
             built = build_faiss_index(vectors, p.index, hnsw_m=p.hnsw_m, ef_construction=p.ef_construction)
@@ -210,8 +220,7 @@ class DenseRetriever(Stage):
             index.hnsw.efSearch = self.params.ef_search
         self._encoder, self._index, self._vectors, self._store = encoder, index, vectors, store
         self._owner = owner
-        doc_index = {d: i for i, d in enumerate(store.documents)}
-        self._chunk_doc = np.array([doc_index[c.doc_id] for c in store.chunks], dtype=np.int64)
+        self._chunk_doc = store.chunk_doc_positions()
 
     def search(self, queries: Sequence[str], doc_ids: Sequence[Sequence[str] | None] | None = None, k: int | None = None) -> list[Hits]:
         """Hits for each query (optionally scoped to ``doc_ids[i]``), best first.
