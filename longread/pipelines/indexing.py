@@ -267,7 +267,8 @@ class RayRunner:
         if job.builder.uses_model:
             ds = ds.map_batches(
                 _RayMapActor, fn_constructor_kwargs=kwargs, batch_size=1, num_cpus=r.num_cpus, num_gpus=r.num_gpus or None,
-                compute=ray.data.ActorPoolStrategy(size=r.concurrency), batch_format="numpy",
+                # No more actors than shards: an idle actor would load its model for nothing.
+                compute=ray.data.ActorPoolStrategy(size=min(r.concurrency, len(shards))), batch_format="numpy",
             )
         else:
             ds = ds.map_batches(_ray_map_task, fn_kwargs=kwargs, batch_size=1, num_cpus=r.num_cpus, batch_format="numpy")

@@ -490,7 +490,7 @@ class StoreWriter:
                 if c.doc_id != doc_id:
                     raise ValueError(f"chunk {c.id!r} names document {c.doc_id!r} but is listed under {doc_id!r}")
                 if c.end > len(text) or text[c.start : c.end] != c.text:
-                    raise ValueError(f"chunk {c.id!r}: its text is not document {doc_id!r}'s text[{c.start}:{c.end}]")
+                    raise ValueError(f"chunk {c.id!r}: its text is not text[{c.start}:{c.end}] of document {doc_id!r}")
                 bs, be = (c.start, c.end) if to_byte is None else (int(to_byte[c.start]), int(to_byte[c.end]))
                 rows.append((j, c.start, c.end, base + bs, base + be))
                 ids.append(c.id)
