@@ -17,7 +17,9 @@ from ..errors import clip
 from ..stage import RunContext, Stage
 from ..types import QAState
 
-__all__ = ["run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context", "init_ray", "set_worker_threads"]
+__all__ = [
+    "run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context", "init_ray", "set_worker_threads", "memory_mb",
+]
 
 ERROR_KEY = "error"
 
@@ -161,6 +163,22 @@ class LocalExecutor:
         yield from it
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's memory from ``/proc/self/status``, in MiB: ``rss`` (resident now), ``anon``
+    (private memory), ``file`` (mapped file pages, shared with every process mapping the same
+    files: the corpus store, memory-mapped vectors) and ``peak`` (highest RSS). Empty off Linux."""
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "VmHWM:": "peak"}
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name = keys.get(line.split(":", 1)[0] + ":")
+            if name:
+                out[name] = round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
 def set_worker_threads(num_cpus: float) -> None:
     """Give torch one intra-op thread per CPU granted to this Ray worker: actors must not
     oversubscribe cores."""
@@ -172,8 +190,9 @@ def set_worker_threads(num_cpus: float) -> None:
         pass
 
 
-def init_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address``, or start a local one (once per process)."""
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local one (of ``num_cpus`` CPUs; default all),
+    once per process."""
     import ray
 
     if ray.is_initialized():
@@ -183,6 +202,8 @@ def init_ray(address: str | None) -> None:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
     if address:
         kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
     ray.init(**kwargs)
 
 
@@ -209,6 +230,10 @@ class _RayStageActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         states = [QAState.model_validate_json(s) for s in batch["state"]]
         states = run_stage_safely(self.stage, states, fail_fast=self.fail_fast)
+        mem = memory_mb()
+        for s in states:
+            # What this worker holds after the batch: a corpus copy would show in anon, shared store pages in file.
+            s.trace.setdefault("worker_memory_mb", {})[self.stage.key] = mem
         return {"state": [s.model_dump_json() for s in states]}
 
 

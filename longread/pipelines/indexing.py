@@ -155,6 +155,7 @@ class LocalRunner:
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        self.worker_peak_mb: float | None = None  # no workers
 
     def chunk(self, corpus_dir: Path, shards: list[int], spec: ChunkerSpec, bar: _Bar) -> None:
         from .chunking import chunker_tools
@@ -177,7 +178,13 @@ def _ray_chunk(batch: dict[str, Any], corpus_dir: str, spec: dict, cache_dir: st
     sp = ChunkerSpec.model_validate(spec)
     tools = chunker_tools(sp, ModelHub(cache_dir=cache_dir, device=device))
     shards = [int(k) for k in batch["shard"]]
-    return {"shard": np.asarray(shards), "n": np.asarray([chunk_shard(Path(corpus_dir), k, sp, tools) for k in shards])}
+    return _row(shards, [chunk_shard(Path(corpus_dir), k, sp, tools) for k in shards])
+
+
+def _row(shards: list[int], counts: list[int]) -> dict[str, Any]:
+    from .executors import memory_mb
+
+    return {"shard": np.asarray(shards), "n": np.asarray(counts), "peak_mb": np.asarray([memory_mb().get("peak", 0.0)] * len(shards))}
 
 
 class _RayMapActor:
@@ -203,7 +210,7 @@ class _RayMapActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         shards = [int(k) for k in batch["shard"]]
-        return {"shard": np.asarray(shards), "n": np.asarray([map_shard(self.builder, self.ctx, self.store, k, self.map_root) for k in shards])}
+        return _row(shards, [map_shard(self.builder, self.ctx, self.store, k, self.map_root) for k in shards])
 
 
 def _ray_map_task(batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -221,6 +228,8 @@ class RayRunner:
 
     def __init__(self, *, address: str | None, cache_dir: Path | None, kv_dir: Path | None, seed: int, device: str) -> None:
         self.address, self.cache_dir, self.kv_dir, self.seed, self.device = address, cache_dir, kv_dir, seed, device
+        self.worker_peak_mb: float | None = None
+        """The highest peak RSS a worker reported in the last step (MiB)."""
 
     def _dataset(self, shards: list[int]):
         import ray.data
@@ -232,11 +241,12 @@ class RayRunner:
         ctx.enable_progress_bars = False
         return ray.data.from_items([{"shard": k} for k in shards], override_num_blocks=max(1, len(shards)))
 
-    @staticmethod
-    def _drain(ds, bar: _Bar) -> None:
+    def _drain(self, ds, bar: _Bar) -> None:
+        self.worker_peak_mb = 0.0
         try:
             for row in ds.iter_rows():
                 bar.update(int(row["n"]))
+                self.worker_peak_mb = max(self.worker_peak_mb, float(row["peak_mb"]))
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error: raise that one
             raise _root_cause(e) from None
 
@@ -365,7 +375,7 @@ class IndexBuild:
                 shutil.rmtree(self.build_dir, ignore_errors=True)
                 raise ValueError("cannot index an empty corpus")
             writer.finish_documents(n_shards)  # duplicate ids fail here, before any chunking
-            self._chunk(writer, n_shards, n_docs)
+            chunk_peak = self._chunk(writer, n_shards, n_docs)
             store = writer.finish(n_shards)
             manifest = {
                 "format": INDEX_FORMAT,
@@ -378,6 +388,8 @@ class IndexBuild:
                 "chunk_seconds": round(time.perf_counter() - t0, 3),
                 "built_with": self.pipe._built_with(corpus_path),
             }
+            if chunk_peak is not None:
+                manifest["chunk_worker_peak_rss_mb"] = chunk_peak
             if report is not None and hasattr(report, "to_manifest"):
                 manifest["loader"] = report.to_manifest()  # complete once the stream is consumed
             with atomic_dir(idx) as tmp:
@@ -483,16 +495,19 @@ class IndexBuild:
             bar.close()
         return h.hexdigest(), n_docs, k
 
-    def _chunk(self, writer: StoreWriter, n_shards: int, n_docs: int) -> None:
+    def _chunk(self, writer: StoreWriter, n_shards: int, n_docs: int) -> float | None:
+        """Chunk every shard not chunked yet; return the workers' peak RSS (Ray) or None."""
         spec = self.pipe.config.chunker
         infos = [writer.docs_info(k) or {} for k in range(n_shards)]
         todo = [k for k in range(n_shards) if not writer.chunks_done(k, chunk_source(infos[k].get("sha256", ""), spec))]
         done = n_docs - sum(infos[k].get("n_documents", 0) for k in todo)
         bar = _Bar(self.show, f"chunking ({spec.kind})", n_docs, "doc", initial=done)
+        runner = self._runner(self._ctx(None))
         try:
-            self._runner(self._ctx(None)).chunk(writer.dir, todo, spec, bar)
+            runner.chunk(writer.dir, todo, spec, bar)
         finally:
             bar.close()
+        return runner.worker_peak_mb
 
     def _build_parts(self, manifest: dict[str, Any]) -> None:
         idx = self.index_dir
@@ -518,6 +533,9 @@ class IndexBuild:
                 else:
                     job.builder(ctx, tmp)
             manifest["parts"][job.name] = {"stage": job.stage.key, "seconds": round(time.perf_counter() - t0, 3)}
+            if isinstance(job.builder, ShardedBuilder) and runner.worker_peak_mb is not None:
+                manifest["parts"][job.name]["worker_peak_rss_mb"] = runner.worker_peak_mb
+            runner.worker_peak_mb = None
             manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(f"{job.name}/")}
             manifest["files"].update(file_table(idx, job.name))
             atomic_write_json(idx / MANIFEST, manifest)
