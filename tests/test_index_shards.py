@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,8 +171,6 @@ def _to_format_2(idx: Path) -> None:
     store = open_store(idx)
     write_jsonl(idx / "documents.jsonl", list(store.documents.values()))
     write_jsonl(idx / "chunks.jsonl", list(store.chunks))
-    import shutil
-
     shutil.rmtree(idx / "corpus")
     man = read_manifest(idx)
     man["files"] = {k: v for k, v in man["files"].items() if not k.startswith("corpus/")}
@@ -278,3 +277,9 @@ def test_ray_indexing_writes_the_same_index_as_local(tmp_path: Path, tiny_encode
     local_ = Pipeline.from_config(cfg, cache_dir=tmp_path / "cache").answer(qs, index_dir=tmp_path / "local")
     assert all(s.passages for s in on_ray)
     assert [[p.chunk.id for p in s.passages] for s in on_ray] == [[p.chunk.id for p in s.passages] for s in local_]
+    # A worker's error reaches the caller as itself, not as Ray's wrapper.
+    bad = json.loads(json.dumps(cfg))
+    bad["stages"][0]["params"]["dense"]["encoder"] = str(tmp_path / "no-such-encoder")
+    with pytest.raises(Exception, match="no-such-encoder' does not exist") as e:
+        Pipeline.from_config(bad, cache_dir=tmp_path / "cache").index(docs(30), tmp_path / "bad", executor="ray", **kw)
+    assert "ray" not in type(e.value).__module__

@@ -192,14 +192,27 @@ def set_worker_threads(num_cpus: float) -> None:
 
 def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at ``address``, or start a local one (of ``num_cpus`` CPUs; default all),
-    once per process."""
-    import ray
+    once per process; Ray Data then runs without its own progress bars (longread shows one) and
+    without INFO lines on the console (its logs stay in the Ray session's log dir)."""
+    import logging
 
+    import ray
+    import ray.data
+
+    dctx = ray.data.DataContext.get_current()
+    dctx.enable_progress_bars = False
+    dctx.print_on_execution_start = False
+    # Ray Data says once per process that its progress bars are off, and logs each dataset's start
+    # and end at INFO: noise on a longread run, which has its own progress bar.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+    kwargs: dict[str, Any] = {
+        "ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False, "logging_level": logging.WARNING,
+    }
     if address:
         kwargs["address"] = address
     elif num_cpus is not None:
@@ -280,7 +293,6 @@ class RayExecutor:
         self._init()
         dctx = ray.data.DataContext.get_current()
         dctx.execution_options.preserve_order = True
-        dctx.enable_progress_bars = False
         ds = ray.data.from_items([{"state": s.model_dump_json()} for s in states], override_num_blocks=max(1, min(len(states), 64)))
         from .. import registry
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -175,16 +176,34 @@ def _ray_chunk(batch: dict[str, Any], corpus_dir: str, spec: dict, cache_dir: st
     from ..models.hub import ModelHub
     from .chunking import chunker_tools
 
-    sp = ChunkerSpec.model_validate(spec)
-    tools = chunker_tools(sp, ModelHub(cache_dir=cache_dir, device=device))
-    shards = [int(k) for k in batch["shard"]]
-    return _row(shards, [chunk_shard(Path(corpus_dir), k, sp, tools) for k in shards])
+    def work(k: int) -> int:
+        sp = ChunkerSpec.model_validate(spec)
+        return chunk_shard(Path(corpus_dir), k, sp, chunker_tools(sp, ModelHub(cache_dir=cache_dir, device=device)))
+
+    return _rows(batch, work)
 
 
-def _row(shards: list[int], counts: list[int]) -> dict[str, Any]:
+def _rows(batch: dict[str, Any], work: Callable[[int], int]) -> dict[str, Any]:
+    """Run ``work`` on each shard of ``batch``: its count, the worker's peak RSS, and the pickled
+    exception if it raised. Ray Data would replace the exception with its own wrapper and the
+    user's message would be lost; the driver raises this one instead."""
     from .executors import memory_mb
 
-    return {"shard": np.asarray(shards), "n": np.asarray(counts), "peak_mb": np.asarray([memory_mb().get("peak", 0.0)] * len(shards))}
+    shards = [int(k) for k in batch["shard"]]
+    counts, errors = [], []
+    for k in shards:
+        try:
+            counts.append(work(k))
+            errors.append(b"")
+        except Exception as e:  # noqa: BLE001 - sent to the driver, raised there
+            counts.append(0)
+            try:
+                errors.append(pickle.dumps(e))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: keep its text
+                errors.append(pickle.dumps(RuntimeError(f"shard {k}: {type(e).__name__}: {e}")))
+    peak = memory_mb().get("peak", 0.0)
+    return {"shard": np.asarray(shards), "n": np.asarray(counts), "peak_mb": np.asarray([peak] * len(shards)),
+            "error": np.asarray(errors, dtype=object)}
 
 
 class _RayMapActor:
@@ -209,8 +228,7 @@ class _RayMapActor:
         _seed_all(seed)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        shards = [int(k) for k in batch["shard"]]
-        return _row(shards, [map_shard(self.builder, self.ctx, self.store, k, self.map_root) for k in shards])
+        return _rows(batch, lambda k: map_shard(self.builder, self.ctx, self.store, k, self.map_root))
 
 
 def _ray_map_task(batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -237,18 +255,15 @@ class RayRunner:
         from .executors import init_ray
 
         init_ray(self.address)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
         return ray.data.from_items([{"shard": k} for k in shards], override_num_blocks=max(1, len(shards)))
 
     def _drain(self, ds, bar: _Bar) -> None:
         self.worker_peak_mb = 0.0
-        try:
-            for row in ds.iter_rows():
-                bar.update(int(row["n"]))
-                self.worker_peak_mb = max(self.worker_peak_mb, float(row["peak_mb"]))
-        except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error: raise that one
-            raise _root_cause(e) from None
+        for row in ds.iter_rows():
+            if row["error"]:
+                raise pickle.loads(row["error"])  # the shard's own exception, from our worker
+            bar.update(int(row["n"]))
+            self.worker_peak_mb = max(self.worker_peak_mb, float(row["peak_mb"]))
 
     def chunk(self, corpus_dir: Path, shards: list[int], spec: ChunkerSpec, bar: _Bar) -> None:
         if not shards:
@@ -283,18 +298,6 @@ class RayRunner:
         else:
             ds = ds.map_batches(_ray_map_task, fn_kwargs=kwargs, batch_size=1, num_cpus=r.num_cpus, batch_format="numpy")
         self._drain(ds, bar)
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    """The user's exception inside Ray's wrappers (``RayTaskError.cause``, ``__cause__`` chains)."""
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        inner = getattr(e, "cause", None) or e.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        e = inner
-    return e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,57 +350,65 @@ class IndexBuild:
         idx = self.index_dir
         if idx.exists() and not idx.is_dir():
             raise NotADirectoryError(f"index dir {str(idx)!r} is a file, not a directory")
-        names = [j.name for j in self.jobs]
         if (idx / MANIFEST).is_file() and not rebuild:
-            # An index is there: only its corpus' digest is needed (the same corpus extends it,
-            # another is refused), so the stream is hashed, not stored.
-            digest, n, shas = _digest_pass(documents)
-            if n == 0:
-                raise ValueError("cannot index an empty corpus")
-            if self._complete(digest, names):
-                return idx  # nothing to write: no lock needed, concurrent runs may share it
-            with index_lock(idx):
-                self._clean_temps()
-                manifest = self._reusable_manifest(digest, shas)
-                check_index(idx, manifest, "sizes")  # never build new parts on a damaged store
-                manifest = self._upgrade_store(manifest, corpus_path)
-                self._build_parts(manifest)
-            return idx
-        report = getattr(documents, "report", None)  # a load_documents() stream or LoadedCorpus
+            return self._extend(documents, corpus_path)
         with index_lock(idx):
             self._clean_temps()
             if not (idx / MANIFEST).is_file() and idx.exists() and any(idx.iterdir()):
                 raise IndexMismatchError(f"{str(idx)!r} is not empty and holds no {MANIFEST}; refusing to write into it")
-            t0 = time.perf_counter()
-            writer = StoreWriter(self.build_dir / STORE_DIR)
-            digest, n_docs, n_shards = self._read(documents, writer)
-            if n_docs == 0:
-                shutil.rmtree(self.build_dir, ignore_errors=True)
-                raise ValueError("cannot index an empty corpus")
-            writer.finish_documents(n_shards)  # duplicate ids fail here, before any chunking
-            chunk_peak = self._chunk(writer, n_shards, n_docs)
-            store = writer.finish(n_shards)
-            manifest = {
-                "format": INDEX_FORMAT,
-                "corpus_sha256": digest,
-                "chunker": self.chunker,
-                "n_documents": store["n_documents"],
-                "n_chunks": store["n_chunks"],
-                "store": {"format": store["format"], "shards": n_shards},
-                "parts": {},
-                "chunk_seconds": round(time.perf_counter() - t0, 3),
-                "built_with": self.pipe._built_with(corpus_path),
-            }
-            if chunk_peak is not None:
-                manifest["chunk_worker_peak_rss_mb"] = chunk_peak
-            if report is not None and hasattr(report, "to_manifest"):
-                manifest["loader"] = report.to_manifest()  # complete once the stream is consumed
-            with atomic_dir(idx) as tmp:
-                os.replace(self.build_dir / STORE_DIR, tmp / STORE_DIR)
-                manifest["files"] = file_table(tmp, STORE_DIR)
-                atomic_write_json(tmp / MANIFEST, manifest)
+            manifest = self._build_store(documents, corpus_path)
             self._build_parts(manifest)
         return idx
+
+    def _extend(self, documents: Iterable[Document], corpus_path: str | Path | None) -> Path:
+        """An index is there: only the corpus' digest is needed (the same corpus gets the parts it
+        lacks, another is refused), so the stream is hashed, not stored."""
+        idx = self.index_dir
+        digest, n, shas = _digest_pass(documents)
+        if n == 0:
+            raise ValueError("cannot index an empty corpus")
+        if self._complete(digest, [j.name for j in self.jobs]):
+            return idx  # nothing to write: no lock needed, concurrent runs may share it
+        with index_lock(idx):
+            self._clean_temps()
+            manifest = self._reusable_manifest(digest, shas)
+            check_index(idx, manifest, "sizes")  # never build new parts on a damaged store
+            manifest = self._upgrade_store(manifest, corpus_path)
+            self._build_parts(manifest)
+        return idx
+
+    def _build_store(self, documents: Iterable[Document], corpus_path: str | Path | None) -> dict[str, Any]:
+        """Read, chunk and commit the store as a new index dir (replacing one there); return its manifest."""
+        report = getattr(documents, "report", None)  # a load_documents() stream or LoadedCorpus
+        t0 = time.perf_counter()
+        writer = StoreWriter(self.build_dir / STORE_DIR)
+        digest, n_docs, n_shards = self._read(documents, writer)
+        if n_docs == 0:
+            shutil.rmtree(self.build_dir, ignore_errors=True)
+            raise ValueError("cannot index an empty corpus")
+        writer.finish_documents(n_shards)  # duplicate ids fail here, before any chunking
+        chunk_peak = self._chunk(writer, n_shards, n_docs)
+        store = writer.finish(n_shards)
+        manifest = {
+            "format": INDEX_FORMAT,
+            "corpus_sha256": digest,
+            "chunker": self.chunker,
+            "n_documents": store["n_documents"],
+            "n_chunks": store["n_chunks"],
+            "store": {"format": store["format"], "shards": n_shards},
+            "parts": {},
+            "chunk_seconds": round(time.perf_counter() - t0, 3),
+            "built_with": self.pipe._built_with(corpus_path),
+        }
+        if chunk_peak is not None:
+            manifest["chunk_worker_peak_rss_mb"] = chunk_peak
+        if report is not None and hasattr(report, "to_manifest"):
+            manifest["loader"] = report.to_manifest()  # complete once the stream is consumed
+        with atomic_dir(self.index_dir) as tmp:
+            os.replace(self.build_dir / STORE_DIR, tmp / STORE_DIR)
+            manifest["files"] = file_table(tmp, STORE_DIR)
+            atomic_write_json(tmp / MANIFEST, manifest)
+        return manifest
 
     # -- helpers ------------------------------------------------------------------------------
     def hub(self):
@@ -420,7 +431,7 @@ class IndexBuild:
         idx = self.index_dir
         remove_stale_temps(idx.parent, [idx.name])
         remove_stale_temps(idx)
-        for sub in ("docs", "chunks"):
+        for sub in ("", "docs", "chunks"):
             remove_stale_temps(self.build_dir / STORE_DIR / sub)
         if (self.build_dir / "_map").is_dir():
             for d in (self.build_dir / "_map").iterdir():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import resource
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 

@@ -43,6 +43,7 @@ import json
 import mmap
 import os
 import shutil
+import tempfile
 from collections.abc import ItemsView, Mapping, Sequence, ValuesView
 from functools import cached_property
 from pathlib import Path
@@ -52,7 +53,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ..errors import IndexCorruptError, clip
-from ..io import atomic_dir, atomic_write_json
+from ..io import _FILE_MODE, atomic_dir, atomic_write_json
 from ..stage import ChunkShard
 from ..types import Chunk, Document
 
@@ -375,10 +376,16 @@ def _meta_bytes(d: Document) -> bytes:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-    os.replace(tmp, path)
+    """``np.save`` to a temp file renamed over ``path`` (a killed writer leaves a stale temp, not half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp alone gives 0o600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_blob(path: Path, parts: Sequence[bytes]) -> np.ndarray:
