@@ -110,6 +110,13 @@ class RunContext:
             raise FileNotFoundError(f"index part {name!r} is missing from {self.index_dir}; rebuild the index")
         return path
 
+    def progress(self, n: int) -> None:
+        """Report that ``n`` more chunks of the shard a ``ShardedBuilder.map`` works on are done
+        (moves the index build's progress bar within a long shard; a no-op elsewhere)."""
+        report = self.extra.get("on_progress")
+        if report is not None:
+            report(n)
+
     def require_store(self) -> "BaseStore":
         """The opened corpus store; raise ``RuntimeError`` when no corpus was indexed."""
         if self.store is None:

@@ -168,7 +168,18 @@ class LocalRunner:
     def map_part(self, job: PartJob, store: ShardedStore, shards: list[int], map_root: Path, bar: _Bar) -> None:
         assert isinstance(job.builder, ShardedBuilder)
         for k in shards:
-            bar.update(map_shard(job.builder, self.ctx, store, k, map_root))
+            reported = [0]
+
+            def report(n: int) -> None:  # a map that reports as it goes moves the bar within its shard
+                reported[0] += n
+                bar.update(n)
+
+            self.ctx.extra["on_progress"] = report
+            try:
+                n = map_shard(job.builder, self.ctx, store, k, map_root)
+            finally:
+                self.ctx.extra.pop("on_progress", None)
+            bar.update(max(0, n - reported[0]))
 
 
 def _ray_chunk(batch: dict[str, Any], corpus_dir: str, spec: dict, cache_dir: str | None, device: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .common import Hits, make_passages, part_name, slug, top_k
 __all__ = ["DenseRetriever", "build_faiss_index", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
+_ENCODE_SLICE = 2048
 _EMPTY: Hits = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
 
 
@@ -157,17 +158,22 @@ class DenseRetriever(Stage):
     def _encode_shard(self, ctx: RunContext, shard: ChunkShard, out: Path) -> None:
         p = self.params
         encoder = ctx.models.encoder(p.encoder)
-        vectors = np.zeros((0, encoder.dim), dtype=np.float32)
-        if p.long_docs == "split":
-            from ..encoders.longdoc import encode_windows
+        vecs, owners = [np.zeros((0, encoder.dim), dtype=np.float32)], [np.zeros(0, dtype=np.int64)]
+        # Slices of a shard, so a long shard's progress shows; batches never span two slices.
+        for i in range(0, len(shard.texts), _ENCODE_SLICE):
+            texts = shard.texts[i : i + _ENCODE_SLICE]
+            if p.long_docs == "split":
+                from ..encoders.longdoc import encode_windows
 
-            owner = np.zeros(0, dtype=np.int64)
-            if shard.texts:
-                vectors, owner, _ = encode_windows(encoder, shard.texts, kind="document", batch_size=p.batch_size)
-            np.save(out / "owner.npy", owner + shard.start, allow_pickle=False)  # rows name global chunk positions
-        elif shard.texts:
-            vectors = encoder.encode(shard.texts, kind="document", batch_size=p.batch_size)
-        np.save(out / "vectors.npy", np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+                v, owner, _ = encode_windows(encoder, texts, kind="document", batch_size=p.batch_size)
+                owners.append(owner + shard.start + i)  # rows name global chunk positions
+            else:
+                v = encoder.encode(texts, kind="document", batch_size=p.batch_size)
+            vecs.append(np.asarray(v, dtype=np.float32))
+            ctx.progress(len(texts))
+        if p.long_docs == "split":
+            np.save(out / "owner.npy", np.concatenate(owners), allow_pickle=False)
+        np.save(out / "vectors.npy", np.concatenate(vecs), allow_pickle=False)
 
     def _build(self, ctx: RunContext, shards: Sequence[Path], out: Path) -> None:
         import faiss
