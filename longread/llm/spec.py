@@ -116,7 +116,8 @@ class LLMSpec(BaseModel):
     @model_validator(mode="after")
     def _backend_fields(self) -> "LLMSpec":
         for name, owners in _ONLY.items():
-            if self.backend in owners or name not in self.model_fields_set:
+            # A field left at its default is fine (a dumped spec sets every field explicitly).
+            if self.backend in owners or getattr(self, name) == type(self).model_fields[name].default:
                 continue
             raise ValueError(f"{name} is used only by backend {' / '.join(owners)}, not {self.backend!r}")
         if self.backend == "openai" and not self.base_url:
