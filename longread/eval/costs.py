@@ -31,7 +31,7 @@ class Costs:
     - ``stage_seconds``: seconds per stage key (parts of a stage summed).
     - ``reader_tokens``: prompt tokens of every ``reader.*`` usage (all parts: Self-Route's RAG and
       fallback steps), ``None`` when no reader counted tokens.
-    - ``new_tokens``: tokens the readers generated, likewise.
+    - ``new_tokens``: tokens the readers' model calls generated, likewise.
     - ``ttft_s``: time to first token of the reader call that gave the answer (the last one).
     - ``llm_calls`` / ``llm_tokens``: model calls and tokens (prompt + new + prefill) per stage,
       for stages that use a model.
@@ -89,11 +89,14 @@ def question_costs(usage: Sequence[Usage], trace: Mapping[str, Any], who: str = 
     legacy_new = _number(trace, "new_tokens", who)
     if readers or legacy_reader is not None:
         c.reader_tokens = float(sum(u.prompt_tokens for u in readers)) + (legacy_reader or 0.0)
-    if readers or legacy_new is not None:
-        c.new_tokens = float(sum(u.new_tokens for u in readers)) + (legacy_new or 0.0)
+    callers = [u for u in readers if u.calls]  # a reader without a model call generated nothing to count
+    if callers or legacy_new is not None:
+        c.new_tokens = float(sum(u.new_tokens for u in callers)) + (legacy_new or 0.0)
     ttfts = [u.ttft_s for u in readers if u.ttft_s is not None]
     legacy_ttft = _number(trace, "ttft_s", who)
-    c.ttft_s = ttfts[-1] if ttfts else legacy_ttft
+    # A reader still writing the trace runs last where it is mixed with typed ones (Self-Route's
+    # RetroLM/REFRAG fallback), so its TTFT is the answer's.
+    c.ttft_s = legacy_ttft if legacy_ttft is not None else (ttfts[-1] if ttfts else None)
     for stage, s in _counts(trace, "timings", who).items():
         if stage not in c.stage_seconds:  # a migrated stage's timed() already wrote it
             c.stage_seconds[stage] = s
