@@ -349,7 +349,10 @@ def test_a_normal_run_warns_nothing(tmp_path: Path, tiny_lm_dir: Path) -> None:
         "name": "tiny-rag",
         "chunker": {"kind": "tokens", "size": 24, "overlap": 4},
         "stages": [
-            {"key": "retriever.bm25", "params": {"top_k": 2}},
+            {"key": "retriever.bm25", "params": {"top_k": 3}},
+            {"key": "reranker.pointwise", "params": {"model": str(tiny_lm_dir), "top_n": 3}},
+            {"key": "reranker.fullrank", "params": {"model": str(tiny_lm_dir), "top_n": 3, "max_new_tokens": 4}},
+            {"key": "compressor.color", "params": {"model": str(tiny_lm_dir), "min_chars": 0, "max_new_tokens": 4}},
             {"key": "reader.hf", "params": {"model": str(tiny_lm_dir), "max_new_tokens": 4}},
         ],
     }
@@ -360,6 +363,7 @@ def test_a_normal_run_warns_nothing(tmp_path: Path, tiny_lm_dir: Path) -> None:
         warnings.simplefilter("error")
         states = pipe.answer(qs, index_dir=tmp_path / "idx")
     assert all("error" not in s.trace and s.answer is not None for s in states), [s.trace.get("error") for s in states]
+    assert {u.stage for u in states[0].usage} >= {"reranker.pointwise", "reranker.fullrank", "compressor.color", "reader.hf"}
 
 
 # --- real models --------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_compression_changes_the_input_and_counts_trace(hub, tiny_lm_dir, tiny_e
     assert tr["reader_tokens"] < len(st.tokenizer(CONTEXT, add_special_tokens=False)["input_ids"])
     assert tr["ttft_s"] > 0 and tr["llm_calls"]["reader.refrag"] == 1
     assert tr["llm_tokens"]["reader.refrag"] == tr["reader_tokens"] + tr["new_tokens"]
-    assert "reader.refrag" in tr["timings"]
+    assert out.usage_for("reader.refrag").seconds > 0  # stage time is typed usage (longread.stage.timed)
     assert isinstance(out.answer, str)
 
 
