@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -232,7 +233,9 @@ def test_lora_adapter_loads_on_a_private_copy(hub, tiny_lm_dir, tmp_path):
     shared, tok = hub.causal_lm(str(tiny_lm_dir))
     before = {k: v.clone() for k, v in shared.state_dict().items()}
     stage = ColorCompressor({"model": str(tiny_lm_dir), "adapter": str(tmp_path / "ad"), "min_chars": 0})
-    stage.setup(RunContext(models=hub))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading an adapter is part of a normal run: no warnings
+        stage.setup(RunContext(models=hub))
     assert stage.backend.model is not shared and stage.backend.tokenizer is tok
     after = shared.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the hub's cached model is untouched
