@@ -148,9 +148,9 @@ def test_sliding_batches_the_kth_windows_of_all_questions() -> None:
         ("reranker.pointwise", {"batch_size": 0}, "batch_size must be > 0, got 0"),
         ("reranker.fullrank", {"llm": {"backend": "openai", "model": "m"}}, "field 'llm': Value error, backend openai needs base_url"),
         ("reranker.first", {"llm": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8080/v1"}},
-         "stages[0] (reranker.first): field 'llm': Value error, this stage needs logits from its model, which backend "
+         "stages[0] (reranker.first): field 'llm': Value error, reranker.first needs logits from its model, which backend "
          "'openai' cannot give; use backend 'hf' or 'llamacpp'"),
-        ("reranker.pointwise", {"llm": {"backend": "vllm", "model": "m"}}, "field 'llm': Value error, this stage needs logits"),
+        ("reranker.pointwise", {"llm": {"backend": "vllm", "model": "m"}}, "field 'llm': Value error, reranker.pointwise needs logits"),
         ("reranker.pointwise", {"llm": {"backend": "llamacpp", "model": "m.gguf"}, "batch_size": 2}, "batch_size is used only by backend hf"),
     ],
 )

@@ -27,6 +27,8 @@ class LLMParams(Params):
     default_model: ClassVar[str] = DEFAULT_MODEL
     default_batch_size: ClassVar[int | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: The stage's registry key, for messages (``needs`` errors name it).
+    stage_key: ClassVar[str] = "this stage"
 
     llm: LLMSpec
 
@@ -44,7 +46,7 @@ class LLMParams(Params):
     @field_validator("llm")
     @classmethod
     def _capabilities(cls, v: LLMSpec) -> LLMSpec:
-        check_capabilities(v, cls.needs, "this stage")
+        check_capabilities(v, cls.needs, cls.stage_key)
         return v
 
     @property

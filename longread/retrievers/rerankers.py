@@ -540,6 +540,7 @@ class FirstReranker(_LLMStage):
         logits (``hf`` or ``llamacpp``)."""
 
         needs = frozenset({"logits"})
+        stage_key = "reranker.first"
 
         @field_validator("top_n")
         @classmethod
@@ -604,6 +605,7 @@ class PointwiseReranker(_LLMStage):
         backend with logits (``hf`` or ``llamacpp``)."""
 
         needs = frozenset({"logits"})
+        stage_key = "reranker.pointwise"
         default_batch_size = 8
 
     def setup(self, ctx: RunContext) -> None:
