@@ -12,6 +12,7 @@ import time
 
 from pydantic import Field
 
+from .llm.usage import record
 from .registry import register
 from .stage import Params, Stage, timed
 from .types import QAState
@@ -51,5 +52,6 @@ class EchoReader(Stage):
                     time.sleep(p.sleep_s)
                 text = s.passages[0].chunk.text if s.passages else ""
                 s.answer = " ".join(text.split()[: p.words])
-                s.trace["reader_tokens"] = len(" ".join(x.chunk.text for x in s.passages).split())
+                # "Tokens" read are words here: there is no tokenizer.
+                record(s, self.key, prompt_tokens=len(" ".join(x.chunk.text for x in s.passages).split()))
         return batch

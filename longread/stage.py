@@ -105,7 +105,8 @@ class Stage:
 
 
 class timed:
-    """Context manager that adds elapsed seconds to ``trace['timings'][name]`` of each state."""
+    """Context manager that adds the elapsed seconds, shared evenly by the batch's states, to each
+    state's ``Usage`` record of stage ``name`` (``Usage.seconds``; see :mod:`longread.llm.usage`)."""
 
     def __init__(self, batch: list[QAState], name: str) -> None:
         self.batch = batch
@@ -116,8 +117,9 @@ class timed:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from .llm.usage import record
+
         # A batch's time is shared evenly: per-question cost is what the report needs.
         dt = (time.perf_counter() - self.t0) / max(1, len(self.batch))
         for s in self.batch:
-            t = s.trace.setdefault("timings", {})
-            t[self.name] = t.get(self.name, 0.0) + dt
+            record(s, self.name, seconds=dt)
