@@ -243,9 +243,13 @@ stages:
     params:
       llm: {backend: openai, model: smollm2, base_url: "http://127.0.0.1:8080/v1", api_key_env: MY_KEY, concurrency: 4}
       prompt: cite
+""")
+    (reader,) = load_config(p).build_stages()
+    p = _write(tmp_path, """name: y
+stages:
   - key: reader.route
     params: {rag: {model: m, prompt: free, batch_size: 2}, fallback_params: {llm: {backend: llamacpp, model: m.gguf}}}
 """)
-    reader, route = load_config(p).build_stages()
+    (route,) = load_config(p).build_stages()
     assert (reader.params.llm.backend, reader.params.llm.base_url, reader.params.prompt) == ("openai", "http://127.0.0.1:8080/v1", "cite")
     assert route.rag.params.llm.batch_size == 2 and route.fallback.params.llm.backend == "llamacpp"
