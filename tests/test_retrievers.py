@@ -109,7 +109,12 @@ def test_bm25_tokenizer() -> None:
         BM25Tokenizer("klingon")
 
 
-def test_bm25_batched_search_matches_the_reference_query_by_query() -> None:
+@pytest.mark.parametrize("group_postings", [1 << 24, 60])
+def test_bm25_batched_search_matches_the_reference_query_by_query(group_postings: int, monkeypatch) -> None:
+    import longread.retrievers.bm25 as bm25_module
+
+    # A small bound splits the batch into many sparse products (what a 10M-chunk corpus does).
+    monkeypatch.setattr(bm25_module, "_MAX_GROUP_POSTINGS", group_postings)
     docs = _zipf_corpus(300, seed=5)
     fast, ref = OkapiIndex.build(docs, k1=1.2, b=0.75), RankBM25Index.build(docs, k1=1.2, b=0.75)
     rng = np.random.default_rng(2)

@@ -51,6 +51,9 @@ META_FILE = "longread_bm25.json"
 FORMAT_VERSION = 2  # 2: streamed build, int32 ids, idf.npy beside the matrix
 _WORD = re.compile(r"\w+")
 _NO_HITS: Hits = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+# Postings one sparse product may touch: bounds its result (12 bytes an entry, ~200 MB) whatever
+# the batch size; small corpora score a whole batch in one product.
+_MAX_GROUP_POSTINGS = 1 << 24
 
 
 class BM25Tokenizer:
@@ -276,6 +279,7 @@ class OkapiIndex:
         # queries with such a term take the exact path (rare: idf == 0 needs df == n/2 exactly,
         # and the floor is negative only when most terms are in most chunks).
         self._risky = idf <= 0
+        self._df = np.diff(np.asarray(indptr, dtype=np.int64))
 
     @classmethod
     def build(cls, corpus_tokens: Iterable[Sequence[str]], *, k1: float, b: float, epsilon: float = OKAPI_EPSILON,
@@ -336,8 +340,9 @@ class OkapiIndex:
                     *, threads: int = 1) -> list[Hits]:
         """Best ``k`` matching chunks per tokenised query, optionally only among ``scopes[i]`` positions.
 
-        One sparse product scores the batch (split over ``threads`` when > 1; scipy releases
-        the GIL); scopes are applied to all scoped rows at once.
+        One sparse product scores a group of queries (the whole batch unless its postings are many;
+        groups run on ``threads`` threads when > 1, scipy releases the GIL); scopes are applied to
+        all scoped rows of a group at once.
         """
         scopes = list(scopes) if scopes is not None else [None] * len(queries)
         ids = [self._ids(q) for q in queries]
@@ -352,9 +357,9 @@ class OkapiIndex:
                 out[i] = select_top_k(pos, vals, k)
         if not fast:
             return out
-        parts = [fast[j::threads] for j in range(threads)] if threads > 1 and len(fast) > 1 else [fast]
-        if len(parts) == 1:
-            results = [self._search_rows(parts[0], ids, scopes, k)]
+        parts = self._groups(fast, ids, threads)
+        if len(parts) == 1 or threads == 1:
+            results = [self._search_rows(rows, ids, scopes, k) for rows in parts]
         else:
             with ThreadPoolExecutor(threads) as pool:
                 results = list(pool.map(lambda rows: self._search_rows(rows, ids, scopes, k), parts))
@@ -362,6 +367,23 @@ class OkapiIndex:
             for i, h in zip(rows, hits):
                 out[i] = h
         return out
+
+    def _groups(self, rows: list[int], ids: list[list[int]], threads: int) -> list[list[int]]:
+        """Consecutive groups of ``rows`` for one sparse product each: at most ``len/threads`` rows
+        and, past the first row, at most ``_MAX_GROUP_POSTINGS`` postings, the bound on the
+        product's size (10M chunks: a frequent term alone has ~1M postings)."""
+        cap = -(-len(rows) // threads)
+        groups: list[list[int]] = []
+        cur: list[int] = []
+        load = 0
+        for i in rows:
+            n = int(self._df[ids[i]].sum())
+            if cur and (len(cur) >= cap or load + n > _MAX_GROUP_POSTINGS):
+                groups.append(cur)
+                cur, load = [], 0
+            cur.append(i)
+            load += n
+        return groups + [cur] if cur else groups
 
     def _search_rows(self, rows: list[int], ids: list[list[int]], scopes: list[np.ndarray | None], k: int) -> list[Hits]:
         import scipy.sparse as sp

@@ -109,7 +109,7 @@ def build_faiss_index(vectors: np.ndarray, kind: str, *, hnsw_m: int = 32, ef_co
     """A faiss inner-product index over ``vectors`` (float32 ``(n, dim)``, may be a memmap).
 
     ``kind``: ``flat``, ``hnsw`` or ``ivfpq`` (see the module docstring); IVF-PQ trains on a
-    seeded sample of at most 256 points per centroid. ``gpu``: a GPU number to train and add on
+    seeded sample (64 points per list, at least 256 per PQ centroid). ``gpu``: a GPU number to train and add on
     (flat and ivfpq), the result is always a CPU index. Raises ``ValueError`` as :func:`check_ann`.
     """
     import faiss
@@ -128,11 +128,16 @@ def build_faiss_index(vectors: np.ndarray, kind: str, *, hnsw_m: int = 32, ef_co
         index.cp.min_points_per_centroid = 1
         index.pq.cp.min_points_per_centroid = 1
         index.cp.seed = index.pq.cp.seed = seed
+        # The factory turns on polysemous training, which made training ~7x slower (20k vectors:
+        # 110 s instead of 17 s) for a Hamming pre-filter this search never uses.
+        index.do_polysemous_training = False
     res = None
     if gpu is not None and kind != "hnsw":
         index, res = _to_gpu(index, gpu)
     if not index.is_trained:
-        size = min(n, 256 * max(nl or 1, 2**pq_bits))
+        # 64 points per list (faiss asks for 39 to 256) and 256 per PQ centroid: at 1M vectors
+        # k-means sees 256k points, not all of them.
+        size = min(n, max(64 * (nl or 1), 256 * 2**pq_bits))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
         index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
     for a in range(0, n, _ADD_BATCH):
