@@ -28,9 +28,13 @@ worker opens it: RSS, queries/s, recall@10 vs flat. ``encode``: MiniLM chunks/s 
 real windows (time per chunk for the dense index).
 
     python benchmarks/scale.py bm25 --sizes 100k 1M 10M          # the issue's table (hours at 10M)
-    python benchmarks/scale.py dense --sizes 100k 1M
+    python benchmarks/scale.py dense --dense-sizes 100k 1M
     python benchmarks/scale.py encode
     python benchmarks/scale.py all --sizes 2000 --dense-sizes 5000 --queries 50   # correctness, tiny
+
+Disk: the work dir (``--workdir``, default the system temp dir) holds one size at a time; 10M
+BM25 chunks need ~7 GB there (12 bytes a posting, ~60 postings a chunk). HNSW at 1M vectors is the
+slowest build (``--kinds flat ivfpq`` skips it; ``--dense-params '{"ef_construction": 100}'`` halves it).
 """
 
 from __future__ import annotations
