@@ -524,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     from longread.retrievers.dense import DenseRetriever
 
+    from pydantic import ValidationError
+
     try:
         DenseRetriever.Params(**ns.dense_params)
-    except ValueError as e:
-        ap.error(f"--dense-params: {e}")
+    except ValidationError as e:
+        ap.error("--dense-params: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
     work = Path(tempfile.mkdtemp(dir=ns.workdir, prefix="longread-scale-"))
     try:
         results: dict[str, Any] = {"cpus": os.cpu_count()}
