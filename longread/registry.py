@@ -42,7 +42,7 @@ _BUILTINS: dict[str, str] = {
     "compressor.color": "longread.compressors.color:ColorCompressor",
     "reader.hf": "longread.readers.hf:HFReader",
     "reader.long_context": "longread.readers.hf:LongContextReader",
-    "reader.retrolm": "longread.readers.retrolm:RetroLMReader",
+    "reader.retrolm": "longread.readers.retrolm.reader:RetroLMReader",
     "reader.refrag": "longread.readers.refrag:RefragReader",
     "reader.route": "longread.readers.route:RouteReader",
     "reader.echo": "longread.fakes:EchoReader",
