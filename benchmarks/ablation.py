@@ -39,6 +39,7 @@ from typing import Any
 
 from longread import registry
 from longread.data import load_hotpotqa, load_squad
+from longread.eval.costs import question_costs
 from longread.eval.evaluator import evaluate
 from longread.eval.metrics import answer_in_texts, ndcg_at_k, recall_at_k
 from longread.pipelines.pipeline import Pipeline
@@ -99,10 +100,16 @@ def make(ctx: RunContext, specs: list[tuple[str, dict]]) -> list:
 
 
 def llm_use(states: list[QAState], keys: list[str]) -> tuple[float, float]:
-    """Mean LLM calls and tokens per question of the given stage keys."""
-    calls = sum(sum(s.trace.get("llm_calls", {}).get(k, 0) for k in keys) for s in states) / max(1, len(states))
-    toks = sum(sum(s.trace.get("llm_tokens", {}).get(k, 0) for k in keys) for s in states) / max(1, len(states))
+    """Mean LLM calls and tokens per question of the given stage keys (from their usage records)."""
+    costs = [question_costs(s.usage, s.trace) for s in states]
+    calls = sum(sum(c.llm_calls.get(k, 0) for k in keys) for c in costs) / max(1, len(states))
+    toks = sum(sum(c.llm_tokens.get(k, 0) for k in keys) for c in costs) / max(1, len(states))
     return calls, toks
+
+
+def reader_seconds(states: list[QAState]) -> float:
+    """Seconds ``reader.hf`` spent on ``states``, summed."""
+    return sum(u.seconds for s in states for u in s.usage if u.stage == "reader.hf")
 
 
 class Reader:
@@ -129,12 +136,12 @@ class Reader:
             hit = self.cache[key]
             s = s.model_copy(deep=True)
             s.answer = hit.answer
-            for f in ("reader_tokens", "ttft_s", "new_tokens", "reader_truncated"):
+            for f in ("raw_answer", "reader_truncated"):
                 if f in hit.trace:
                     s.trace[f] = hit.trace[f]
-            for f in ("llm_calls", "llm_tokens", "timings"):
-                if "reader.hf" in hit.trace.get(f, {}):
-                    s.trace.setdefault(f, {})["reader.hf"] = hit.trace[f]["reader.hf"]
+            s.usage = [u for u in s.usage if u.stage != "reader.hf"] + [
+                u.model_copy() for u in hit.usage if u.stage == "reader.hf"
+            ]
             out.append(s)
         return out
 
@@ -182,7 +189,7 @@ def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, read: Rea
             ans += answer_in_texts(s.question.answers, [p.chunk.text for p in s.passages[: a.reader_k]])
         calls, toks = llm_use(states, [k for k, _ in specs])
         states = read(states, a.reader_k, 2048)
-        t_read = sum(s.trace.get("timings", {}).get("reader.hf", 0.0) for s in states)
+        t_read = reader_seconds(states)
         m = metrics_of(states, qs)
         n = len(states)
         res = {
@@ -241,7 +248,7 @@ def reorder_curve(retrieved: list[QAState], read: Reader, a: argparse.Namespace)
                 states.append(s2)
             # Room for all n passages so none is cut (the second-best sits last in hard_negative).
             states = read(states, n, max(2048, n * (a.reorder_chunk_tokens + 24)))
-            dt = sum(s.trace.get("timings", {}).get("reader.hf", 0.0) for s in states) / len(states)
+            dt = reader_seconds(states) / len(states)
             m = metrics_of(states, qs)
             f1[mode] = m["f1"]
             print(f"  [reorder] n={n} {mode}: F1 {m['f1']:.3f} ({dt:.1f}s/q)", flush=True)
@@ -279,8 +286,8 @@ def retrieve(
     if errs:
         raise RuntimeError(f"retrieval failed for {len(errs)} questions, first: {errs[0]}")
     print(f"  [{set_name}] indexed + retrieved in {time.perf_counter() - t0:.0f}s", flush=True)
-    for s in states:  # start each row from retrieval output only
-        s.trace = {k: v for k, v in s.trace.items() if k in ("timings",)}
+    for s in states:  # start each row from retrieval output only (its usage: retrieval time)
+        s.trace = {}
     return states, pipe.context(index_dir)
 
 

@@ -160,6 +160,7 @@ class RssSampler:
 
 
 def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
+    from longread.eval.costs import question_costs
     from longread.eval.metrics import max_over_answers
     from longread.types import Question
 
@@ -171,11 +172,11 @@ def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
     if tr.get("error"):
         return {"id": q["id"], "error": str(tr["error"])[:300]}
     em, f1 = max_over_answers(st.answer or "", q["answers"])
-    # Typed usage of the reader's stage; trace keys for readers not yet on the generation layer.
-    u = next((u for u in st.usage if u.stage == key), None)
-    ttft = u.ttft_s if u is not None else tr.get("ttft_s")
-    reader_s = tr.get("timings", {}).get(key, wall)
-    new = u.new_tokens if u is not None else tr.get("new_tokens", 0)
+    # Typed usage, or the trace keys of a reader not moved to it yet.
+    cost = question_costs(st.usage, tr)
+    ttft = cost.ttft_s
+    reader_s = cost.stage_seconds.get(key, wall)
+    new = int(cost.new_tokens or 0)
     decode_s = tr.get("decode_s", max(1e-9, reader_s - (ttft or 0.0)))
     return {
         "id": q["id"],
@@ -187,7 +188,7 @@ def _one(pipe, index_dir: Path, q: dict, sampler: RssSampler, key: str) -> dict:
         "seconds": wall,
         "new_tokens": new,
         "decode_tok_s": (new - 1) / decode_s if new > 1 and decode_s > 0 else None,
-        "reader_tokens": u.prompt_tokens if u is not None else tr.get("reader_tokens"),
+        "reader_tokens": cost.reader_tokens,
         "peak_rss_mb": sampler.peak,
         "rss_growth_mb": sampler.peak - base,
         "prefill_reused": tr.get("prefill_reused"),

@@ -50,8 +50,8 @@ def bench_lm(name: str, prompt_tokens: int, new_tokens: int, repeats: int) -> No
     import torch
     from transformers import AutoModelForCausalLM
 
+    from longread.llm.hf import decode, render_chat
     from longread.models import ModelHub
-    from longread.readers.generate import chat_prompts, generate
 
     hub = ModelHub()
     path = hub.resolve(name)
@@ -61,21 +61,27 @@ def bench_lm(name: str, prompt_tokens: int, new_tokens: int, repeats: int) -> No
     filler = " ".join(f"Passage sentence {i} mentions the river, the town and the year {1900 + i}." for i in range(400))
     ids = tok(filler, add_special_tokens=False, verbose=False)["input_ids"][:prompt_tokens]
     msg = "Answer briefly.\n\n" + tok.decode(ids) + "\n\nQuestion: Which year is mentioned first?\nAnswer:"
-    prompts = chat_prompts(tok, [[{"role": "user", "content": msg}]])
+    prompt = tok(render_chat(tok, [{"role": "user", "content": msg}]), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n = prompt.shape[1]
+
+    def run(m, steps: int):
+        # No stop tokens: every run decodes exactly ``steps`` tokens.
+        return decode(m, tok, input_ids=prompt, position_ids=torch.arange(n)[None], max_new_tokens=steps,
+                      stop_ids=frozenset())[0]
+
     ttft: dict[str, list[float]] = {dt: [] for dt in models}
-    decode: dict[str, list[float]] = {dt: [] for dt in models}
+    per_token: dict[str, list[float]] = {dt: [] for dt in models}
     for dt, m in models.items():  # warm-up
-        generate(m, tok, prompts, max_new_tokens=2, stop_ids=set())
+        run(m, 2)
     for _ in range(repeats):
         for dt, m in models.items():
-            g = generate(m, tok, prompts, max_new_tokens=new_tokens, stop_ids=set())[0]
-            ttft[dt].append(g.ttft_s)
-            decode[dt].append((g.seconds - g.ttft_s) / max(1, g.new_tokens - 1))
-    n = g.prompt_tokens
+            d = run(m, new_tokens)
+            ttft[dt].append(d.ttft_s)
+            per_token[dt].append((d.seconds - d.ttft_s) / max(1, d.steps - 1))
     print(f"{name:24s} prompt {n} tok, {new_tokens} new | TTFT bf16 {_fmt(ttft['bfloat16'])} fp32 {_fmt(ttft['float32'])} "
           f"(fp32/bf16 {statistics.median(ttft['float32']) / statistics.median(ttft['bfloat16']):4.2f}x) | "
-          f"per-token bf16 {_fmt(decode['bfloat16'])} fp32 {_fmt(decode['float32'])} "
-          f"(fp32/bf16 {statistics.median(decode['float32']) / statistics.median(decode['bfloat16']):4.2f}x)")
+          f"per-token bf16 {_fmt(per_token['bfloat16'])} fp32 {_fmt(per_token['float32'])} "
+          f"(fp32/bf16 {statistics.median(per_token['float32']) / statistics.median(per_token['bfloat16']):4.2f}x)")
 
 
 def bench_encoder(n: int, repeats: int) -> None:

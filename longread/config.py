@@ -102,19 +102,29 @@ class PipelineConfig(_Strict):
             raise ValueError(f"pipeline name must not contain '/', got {v!r}")
         return check_id(v, "pipeline name")
 
-    def build_stages(self, source: str = "<config>") -> list:
-        """Instantiate every stage (cheap: no model loads); raise ``ConfigError`` on bad keys/params/order."""
+    def validate_stages(self, source: str = "<config>") -> list:
+        """Every stage's validated params, importing only their ``Params`` (never torch: see
+        ``longread.registry``); raise ``ConfigError`` on bad keys/params/order."""
         self.check_order(source)
         out = []
         for i, spec in enumerate(self.stages):
             try:
-                cls = registry.get(spec.key)
+                model = registry.params(spec.key)
             except registry.UnknownStageError as e:
                 raise ConfigError(f"{source}: stages[{i}]: {e}") from None
             try:
-                params = cls.Params.model_validate(spec.params)
+                out.append(model.model_validate(spec.params))
             except ValidationError as e:
-                raise ConfigError(f"{source}: stages[{i}] ({spec.key}): {_explain(e, cls.Params)}") from None
+                raise ConfigError(f"{source}: stages[{i}] ({spec.key}): {_explain(e, model)}") from None
+            except (ValueError, TypeError) as e:  # raised by a validator outside pydantic's wrapping
+                raise ConfigError(f"{source}: stages[{i}] ({spec.key}): {clip(str(e), 500)}") from None
+        return out
+
+    def build_stages(self, source: str = "<config>") -> list:
+        """Instantiate every stage (cheap: no model loads); raise ``ConfigError`` on bad keys/params."""
+        out = []
+        for i, (spec, params) in enumerate(zip(self.stages, self.validate_stages(source))):
+            cls = registry.get(spec.key)
             try:
                 out.append(cls(params))
             except (ValueError, TypeError) as e:
@@ -217,7 +227,7 @@ def parse_config(data: Any, source: str = "<config>") -> PipelineConfig:
         cfg = PipelineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: {_explain(e, PipelineConfig)}") from None
-    cfg.build_stages(source)  # validates keys and params now, before anything loads
+    cfg.validate_stages(source)  # keys and params now, before anything loads or imports torch
     return cfg
 
 

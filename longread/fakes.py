@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import Field
 
+from .llm.usage import record
 from .registry import register
 from .stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
 from .types import QAState
@@ -81,5 +82,6 @@ class EchoReader(Stage):
                     time.sleep(p.sleep_s)
                 text = s.passages[0].chunk.text if s.passages else ""
                 s.answer = " ".join(text.split()[: p.words])
-                s.trace["reader_tokens"] = len(" ".join(x.chunk.text for x in s.passages).split())
+                # "Tokens" read are words here: there is no tokenizer.
+                record(s, self.key, prompt_tokens=len(" ".join(x.chunk.text for x in s.passages).split()))
         return batch

@@ -60,15 +60,21 @@ class ShardedBuilder:
     ``reduce(ctx, shard_dirs, out)`` combines the shards' dirs, in index order, into the part.
     ``uses_model``: ``map`` loads a model, so Ray runs it on an actor pool sized by the stage's
     ``resources`` (one model per actor) instead of as plain tasks.
+    ``check(ctx)``, when given, runs once in the calling process before any shard is mapped (the
+    store is open, no model need be loaded); it raises ``ValueError`` for params that cannot fit
+    this corpus, so a doomed build fails before hours of work.
 
-    Calling the builder like a plain :data:`IndexBuilder` runs both steps over ``ctx.store`` here.
+    Calling the builder like a plain :data:`IndexBuilder` runs the steps over ``ctx.store`` here.
     """
 
     map: Callable[["RunContext", ChunkShard, Path], None]
     reduce: Callable[["RunContext", Sequence[Path], Path], None]
     uses_model: bool = False
+    check: Callable[["RunContext"], None] | None = None
 
     def __call__(self, ctx: "RunContext", out: Path) -> None:
+        if self.check is not None:
+            self.check(ctx)
         work = Path(tempfile.mkdtemp(prefix=".shards.", suffix=".tmp", dir=out.parent))  # cleaned as a stale temp if killed
         try:
             dirs = []
@@ -157,7 +163,8 @@ class Stage:
 
 
 class timed:
-    """Context manager that adds elapsed seconds to ``trace['timings'][name]`` of each state."""
+    """Context manager that adds the elapsed seconds, shared evenly by the batch's states, to each
+    state's ``Usage`` record of stage ``name`` (``Usage.seconds``; see :mod:`longread.llm.usage`)."""
 
     def __init__(self, batch: list[QAState], name: str) -> None:
         self.batch = batch
@@ -168,8 +175,9 @@ class timed:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from .llm.usage import record
+
         # A batch's time is shared evenly: per-question cost is what the report needs.
         dt = (time.perf_counter() - self.t0) / max(1, len(self.batch))
         for s in self.batch:
-            t = s.trace.setdefault("timings", {})
-            t[self.name] = t.get(self.name, 0.0) + dt
+            record(s, self.name, seconds=dt)

@@ -9,6 +9,8 @@ models (``ModelHub.resolve`` treats them as local directories):
   ChatML special tokens and a ChatML chat template.
 - :func:`tiny_encoder_dir` — a 2-layer BERT with a WordPiece tokenizer and a
   sentence-transformers style mean-pooling config.
+- :class:`ScriptedBackend` — a generation backend that replies from a script, for testing what a
+  stage does with known model outputs (a random tiny LM only writes byte soup).
 
 Their outputs are meaningless; they exist to exercise mechanics (padding, truncation,
 batching, caching, persistence) quickly. Each builds in well under two seconds.
@@ -22,9 +24,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
-__all__ = ["TINY_TEXT", "CHATML_TEMPLATE", "tiny_causal_lm_dir", "tiny_encoder_dir", "write_pdf"]
+from .llm.base import Backend
+from .llm.spec import LLMSpec
+from .llm.types import GenRequest, Generation
+
+__all__ = ["TINY_TEXT", "CHATML_TEMPLATE", "tiny_causal_lm_dir", "tiny_encoder_dir", "ScriptedBackend", "write_pdf"]
 
 # Training text for the tiny tokenizers: varied words, digits and punctuation so that any
 # test string tokenizes into a sensible number of pieces (byte-level BPE covers the rest).
@@ -292,3 +298,79 @@ def _draw_scan(pdf) -> None:
     img.save(buf, format="PNG")
     buf.seek(0)
     pdf.image(buf, x=10, y=10, w=190)
+
+
+class ScriptedBackend(Backend):
+    """A backend whose reply to a request is ``replies[key]`` for the first ``key`` found in the
+    rendered prompt (else ``default``), cut at the request's stop strings and ``max_new_tokens``.
+
+    Tokens come from ``tokenizer`` (a Hugging Face tokenizer: its chat template renders messages,
+    counts match a real model's) or, without one, one token per character. ``prompts`` records
+    every rendered prompt it was sent, in order. It has no logits and no KV access.
+    """
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        replies: dict[str, str] | None = None,
+        default: str = "",
+        *,
+        tokenizer: Any = None,
+        window: int = 4096,
+        spec: LLMSpec | None = None,
+    ) -> None:
+        super().__init__(spec or LLMSpec(model="scripted"), None)
+        self.replies = dict(replies or {})
+        self.default = default
+        self.tokenizer = tokenizer
+        self._window = window
+        self.prompts: list[str] = []
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """None: text only."""
+        return frozenset()
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The tokenizer's chat template, or the contents joined by blank lines."""
+        from .llm.hf import render_chat
+
+        if self.tokenizer is not None:
+            return render_chat(self.tokenizer, messages)
+        return "\n\n".join(m["content"] for m in messages)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids (the tokenizer's, no special tokens; else code points)."""
+        if self.tokenizer is not None:
+            return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        if self.tokenizer is not None:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return "".join(chr(i) for i in ids)
+
+    @property
+    def window(self) -> int:
+        """The ``window`` given (default 4096)."""
+        return self._window
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        """The scripted reply of each request."""
+        out = []
+        for r in requests:
+            prompt = r.prompt if r.prompt is not None else self.render(r.messages or [])
+            self.prompts.append(prompt)
+            reply = next((v for k, v in self.replies.items() if k in prompt), self.default)
+            reason = "stop"
+            cut = min((reply.find(s) for s in r.stop if s in reply), default=-1)
+            if cut >= 0:
+                reply = reply[:cut]
+            ids = self.encode(reply)
+            if len(ids) > r.max_new_tokens:
+                ids, reason = ids[: r.max_new_tokens], "length"
+            out.append(Generation(text=self.decode(ids), finish_reason=reason, prompt_tokens=len(self.encode(prompt)),  # type: ignore[arg-type]
+                                  new_tokens=len(ids) + (reason == "stop"), ttft_s=0.0, seconds=0.0, token_ids=ids))
+        return out

@@ -18,6 +18,7 @@ __all__ = [
     "Question",
     "Passage",
     "Usage",
+    "Citation",
     "QAState",
     "Prediction",
     "check_id",
@@ -156,16 +157,37 @@ class Usage(Record):
         return self.prompt_tokens + self.new_tokens + self.prefill_tokens
 
 
+class Citation(Record):
+    """A passage an answer cites with an ``[n]`` marker (the ``cite`` answer style).
+
+    ``n`` is the marker's number (the passage's 1-based position in the reader's prompt);
+    ``doc_id``/``chunk_id``/``start``/``end`` locate the passage in its document, ``text`` is the
+    passage text the reader saw. ``source`` (file or URL) and ``page`` come from the document's
+    metadata and are ``None`` when it does not record them.
+    """
+
+    n: int = Field(ge=1)
+    doc_id: str
+    chunk_id: str
+    source: str | None = None
+    page: int | None = None
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str
+
+
 class QAState(Record):
     """The only thing that flows between query stages: one question and what stages added.
 
-    ``usage`` holds typed cost records per stage; ``trace`` only method-specific debug data.
+    ``usage`` holds typed cost records per stage; ``citations`` the passages a ``cite``-style
+    answer points at; ``trace`` only method-specific debug data.
     """
 
     question: Question
     passages: list[Passage] = Field(default_factory=list)
     context: str | None = None
     answer: str | None = None
+    citations: list[Citation] = Field(default_factory=list)
     usage: list[Usage] = Field(default_factory=list)
     trace: dict[str, Any] = Field(default_factory=dict)
 
@@ -185,6 +207,7 @@ class Prediction(Record):
     id: str
     answer: str | None
     passage_ids: list[str] = Field(default_factory=list)
+    citations: list[Citation] = Field(default_factory=list)
     usage: list[Usage] = Field(default_factory=list)
     trace: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
@@ -196,6 +219,7 @@ class Prediction(Record):
             id=state.question.id,
             answer=state.answer,
             passage_ids=[p.chunk.id for p in state.passages],
+            citations=state.citations,
             usage=state.usage,
             trace=state.trace,
         )

@@ -119,3 +119,11 @@ def test_sentences_counted_with_a_named_tokenizer(hub, tiny_encoder_dir) -> None
     tok = hub.tokenizer(str(tiny_encoder_dir))
     counts = [len(tok(c.text, add_special_tokens=False)["input_ids"]) for c in chunks]
     assert max(counts) <= 40 and len(chunks) > 5
+
+
+def test_sentence_piece_repeating_the_previous_tail_is_dropped() -> None:
+    # Found by hypothesis: the splitter's overlap re-emits "x1", which lies inside the first chunk.
+    doc = Document(id="s", text="alphaalphaalphaalphaalpha  x1 ")
+    chunks = chunk_documents([doc], ChunkerSpec(kind="sentences", size=8, overlap=2))
+    _check_invariants(doc, chunks)
+    assert [c.text for c in chunks] == ["alphaalphaalphaalphaalpha  x1"]

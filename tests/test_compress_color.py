@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ from longread.compressors.color import (
     check_adapter_base,
     clean_summary,
     color_messages,
-    count_tokens,
     summarize,
 )
 from longread.config import ConfigError, parse_config
+from longread.llm import LLMSpec
+from longread.llm.hf import HFBackend
 from longread.stage import RunContext
+from longread.testing import ScriptedBackend
 from longread.types import Chunk, Passage, QAState, Question
 
 LONG = (
@@ -39,43 +42,14 @@ def _state(texts: list[str], qid: str = "q1") -> QAState:
     return QAState(question=Question(id=qid, question="When was Zorbatown founded?"), passages=passages)
 
 
-class ScriptedLM(torch.nn.Module):
-    """A fake causal LM whose ``generate`` appends a scripted reply per prompt (by a marker in it).
-
-    It exists to test what the compressor does with known outputs; the tiny random LM's outputs
-    are byte garbage.
-    """
-
-    def __init__(self, tokenizer, replies: dict[str, str], default: str = "") -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-        self.tok = tokenizer
-        self.replies = replies
-        self.default = default
-        self.calls = 0
-        self.generation_config = None
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
-        self.calls += 1
-        rows = []
-        for ids in input_ids.tolist():
-            prompt = self.tok.decode(ids, skip_special_tokens=False)
-            reply = next((r for k, r in self.replies.items() if k in prompt), self.default)
-            new = self.tok(reply, add_special_tokens=False)["input_ids"] + [self.tok.convert_tokens_to_ids("<|im_end|>")]
-            rows.append(ids + new[:max_new_tokens])
-        width = max(len(r) for r in rows)
-        pad = self.tok.pad_token_id
-        return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-
-
 class FakeHub:
-    """Serves one (model, tokenizer) pair for any name; resolves names to a given dir."""
+    """Serves one backend for any spec; resolves names to a given dir."""
 
-    def __init__(self, model, tokenizer, path: Path | None = None) -> None:
-        self.model, self.tok, self.path = model, tokenizer, path
+    def __init__(self, backend, path: Path | None = None) -> None:
+        self.be, self.path = backend, path
 
-    def causal_lm(self, name):
-        return self.model, self.tok
+    def backend(self, spec, ctx=None):
+        return self.be
 
     def resolve(self, name):
         if self.path is None:
@@ -127,35 +101,41 @@ def test_tiny_lm_keeps_ids_offsets_and_counts_calls(hub, tiny_lm_dir):
     rec = o.trace["compression"]["compressor.color"]
     assert rec["skipped"] == 1 and rec["compressed"] + rec["fallbacks"] == 2
     assert rec["original_chars"] == {p.chunk.id: len(p.chunk.text) for p in st.passages}
-    assert rec["tokens_in"] == sum(count_tokens(stage.tokenizer, p.chunk.text) for p in st.passages)
-    assert rec["tokens_out"] == sum(count_tokens(stage.tokenizer, p.chunk.text) for p in o.passages)
-    assert o.trace["llm_calls"]["compressor.color"] == 2
-    assert o.trace["llm_tokens"]["compressor.color"] > 0
-    assert "compressor.color" in o.trace["timings"]
+    count = stage.backend.count_tokens
+    assert rec["tokens_in"] == sum(count(p.chunk.text) for p in st.passages)
+    assert rec["tokens_out"] == sum(count(p.chunk.text) for p in o.passages)
+    [u] = o.usage
+    assert (u.stage, u.calls, u.backend) == ("compressor.color", 2, "hf")
+    assert u.prompt_tokens > count(LONG) and 0 < u.new_tokens <= 2 * 12 and u.seconds > 0
+    assert not {"llm_calls", "llm_tokens", "timings"} & set(o.trace)
     assert st.passages[0].chunk.text == LONG  # the input state is not mutated
     # The random tiny LM writes byte soup: every compressed passage fell back to its original.
     for a, b in zip(o.passages, st.passages):
-        assert a.chunk.text in (b.chunk.text,) or count_tokens(stage.tokenizer, a.chunk.text) <= 12
+        assert a.chunk.text in (b.chunk.text,) or count(a.chunk.text) <= 12
 
 
 def test_summarize_respects_per_passage_budgets_on_tiny_lm(hub, tiny_lm_dir):
-    model, tok = hub.causal_lm(str(tiny_lm_dir))
-    sums = summarize(model, tok, [LONG, LONG[:80], LONG[:120]], max_new_tokens=[7, 3, 1], batch_size=3)
+    be = HFBackend(LLMSpec(model=str(tiny_lm_dir), batch_size=3), RunContext(models=hub))
+    sums = summarize(be, [LONG, LONG[:80], LONG[:120]], max_new_tokens=[7, 3, 1])
     assert [s.new_tokens <= b for s, b in zip(sums, [7, 3, 1])] == [True, True, True]
-    assert all(s.prompt_tokens > count_tokens(tok, "Summarize the following content.") for s in sums)
+    assert all(s.prompt_tokens > be.count_tokens("Summarize the following content.") for s in sums)
     # Batched and one-by-one greedy decoding agree (left padding is handled).
-    single = [summarize(model, tok, [t], max_new_tokens=b)[0] for t, b in zip([LONG, LONG[:80]], [7, 3])]
+    single = [summarize(be, [t], max_new_tokens=b)[0] for t, b in zip([LONG, LONG[:80]], [7, 3])]
     assert [s.text for s in single] == [s.text for s in sums[:2]]
+    # Sampling is seeded: the same seed gives the same compressions.
+    a, b = (summarize(be, [LONG], max_new_tokens=8, temperature=1.0, seed=5)[0].text for _ in range(2))
+    assert a == b
 
 
 def test_scripted_outputs_fallbacks_and_budget(tiny_tok):
     good = "Zorbatown was founded in 1742 by traders."
-    lm = ScriptedLM(tiny_tok, {"Freedonia": "Summary: " + good, "Berlin": "", "Water": "\ufffd\ufffd garbage \x1c"})
+    lm = ScriptedBackend({"Freedonia": "Summary: " + good, "Berlin": "", "Water": "\ufffd\ufffd garbage \x1c"},
+                         tokenizer=tiny_tok)
     texts = [LONG, "Paris is the capital of France; Berlin is the capital of Germany, and Rome of Italy.",
              "Water boils at 100 degrees Celsius (212 degrees Fahrenheit) at sea level. Ice melts at 0 degrees."]
     for fallback in ("original", "empty"):
         stage = ColorCompressor({"model": "any", "min_chars": 0, "fallback": fallback, "max_new_tokens": 64})
-        stage.setup(RunContext(models=FakeHub(lm, tiny_tok)))
+        stage.setup(RunContext(models=FakeHub(lm)))
         out = stage([_state(texts)])[0]
         assert out.passages[0].chunk.text == good
         want = texts[1:] if fallback == "original" else ["", ""]
@@ -165,22 +145,22 @@ def test_scripted_outputs_fallbacks_and_budget(tiny_tok):
 
     # A ratio budget cuts the good summary to ceil(ratio * tokens_in) tokens.
     stage = ColorCompressor({"model": "any", "min_chars": 0, "ratio": 0.1, "max_new_tokens": 64})
-    stage.setup(RunContext(models=FakeHub(lm, tiny_tok)))
+    stage.setup(RunContext(models=FakeHub(lm)))
     out = stage([_state([LONG])])[0]
-    budget = math.ceil(0.1 * count_tokens(tiny_tok, LONG))
+    budget = math.ceil(0.1 * lm.count_tokens(LONG))
     assert out.trace["compression"]["compressor.color"]["budgets"] == {"q1-c0": budget}
     text = out.passages[0].chunk.text
-    assert text and count_tokens(tiny_tok, text) <= budget < count_tokens(tiny_tok, good)
+    assert text and lm.count_tokens(text) <= budget < lm.count_tokens(good)
     assert out.trace["compression"]["compressor.color"]["ratio"] < 0.15
 
 
 def test_empty_batch_and_no_passages(tiny_tok):
-    lm = ScriptedLM(tiny_tok, {}, default="x")
+    lm = ScriptedBackend({}, default="x", tokenizer=tiny_tok)
     stage = ColorCompressor({"model": "any"})
-    stage.setup(RunContext(models=FakeHub(lm, tiny_tok)))
+    stage.setup(RunContext(models=FakeHub(lm)))
     assert stage([]) == []
     out = stage([_state([])])[0]
-    assert out.passages == [] and lm.calls == 0
+    assert out.passages == [] and lm.prompts == []
     assert out.trace["compression"]["compressor.color"]["ratio"] == 1.0
 
 
@@ -199,6 +179,7 @@ def test_call_before_setup_raises():
         ({"ratio": 1.5}, r"ratio must be in \(0, 1\], got 1.5"),
         ({"fallback": "drop"}, "original"),
         ({"adapter": ""}, "adapter"),
+        ({"adapter": "/x", "llm": {"backend": "llamacpp", "model": "m.gguf"}}, "adapter needs backend 'hf'"),
         ({"temperature": 0.3}, "temperature"),
     ],
 )
@@ -235,10 +216,10 @@ def test_adapter_checks(tmp_path, tiny_tok):
     # Through the stage: a missing adapter dir fails in setup with the path in the message.
     stage = ColorCompressor({"model": "qwen2.5-0.5b-instruct", "adapter": str(tmp_path / "missing")})
     with pytest.raises(FileNotFoundError, match="missing"):
-        stage.setup(RunContext(models=FakeHub(ScriptedLM(tiny_tok, {}), tiny_tok)))
+        stage.setup(RunContext(models=FakeHub(ScriptedBackend(tokenizer=tiny_tok))))
     stage = ColorCompressor({"model": "qwen2.5-0.5b-instruct", "adapter": str(phi)})
     with pytest.raises(ValueError, match="trained on base model"):
-        stage.setup(RunContext(models=FakeHub(ScriptedLM(tiny_tok, {}), tiny_tok)))
+        stage.setup(RunContext(models=FakeHub(ScriptedBackend(tokenizer=tiny_tok))))
 
 
 def test_lora_adapter_loads_on_a_private_copy(hub, tiny_lm_dir, tmp_path):
@@ -252,10 +233,12 @@ def test_lora_adapter_loads_on_a_private_copy(hub, tiny_lm_dir, tmp_path):
     shared, tok = hub.causal_lm(str(tiny_lm_dir))
     before = {k: v.clone() for k, v in shared.state_dict().items()}
     stage = ColorCompressor({"model": str(tiny_lm_dir), "adapter": str(tmp_path / "ad"), "min_chars": 0})
-    stage.setup(RunContext(models=hub))
-    assert stage.model is not shared
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading an adapter is part of a normal run: no warnings
+        stage.setup(RunContext(models=hub))
+    assert stage.backend.model is not shared and stage.backend.tokenizer is tok
     after = shared.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the hub's cached model is untouched
-    merged = stage.model.state_dict()
+    merged = stage.backend.model.state_dict()
     assert any(not torch.equal(before[k], merged[k]) for k in before if k in merged)  # the adapter changed weights
     assert stage([_state([LONG])])[0].passages[0].chunk.id == "q1-c0"

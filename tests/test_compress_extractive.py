@@ -105,7 +105,7 @@ def test_stage_on_tiny_encoder_picks_the_query_sentence(hub, tiny_encoder_dir):
     rec = out.trace["compression"]["compressor.extractive"]
     assert rec["tokens_in"] == count_tokens(P1) + count_tokens(P2)
     assert rec["tokens_out"] == sum(count_tokens(p.chunk.text) for p in out.passages)
-    assert "compressor.extractive" in out.trace["timings"]
+    assert out.usage_for("compressor.extractive").seconds > 0
     assert st.passages[0].chunk.text == P1  # input untouched
 
 

@@ -208,3 +208,48 @@ def test_to_yaml_writes_no_aliases_and_loads_back(tmp_path: Path) -> None:
     text = cfg.to_yaml()
     assert "&" not in text and "*" not in text
     assert load_config(_write(tmp_path, text)) == cfg
+
+
+@pytest.mark.parametrize(
+    "stage, params, field, words",
+    [
+        ("reader.hf", "{llm: {backend: grpc, model: m}}", "'llm.backend'", ["'hf'", "'llamacpp'", "'openai'", "'vllm'", "grpc"]),
+        ("reader.long_context", "{llm: {backend: openai, model: m}}", "'llm'", ["needs base_url", "http://127.0.0.1:8080/v1"]),
+        ("reader.hf", '{prompt: "Context: {context} Q: {question} Title: {title}"}', "'prompt'",
+         ["unknown placeholder", "{title}", "{context}, {question}"]),
+        ("reader.hf", "{prompt: terse}", "'prompt'", ["short, span, free, cite", "'terse'"]),
+        ("reranker.first", "{llm: {backend: openai, model: m, base_url: 'http://127.0.0.1:8080/v1'}}", "'llm'",
+         ["needs logits", "'openai'", "'hf' or 'llamacpp'"]),
+        ("reranker.pointwise", "{llm: {backend: hf, model: m, base_url: 'http://127.0.0.1:8080/v1'}}", "'llm'",
+         ["base_url is used only by backend openai"]),
+        ("compressor.color", "{model: a, llm: {model: b}}", "", ["model='a'", "llm.model='b'", "disagree"]),
+    ],
+)
+def test_bad_llm_params_name_file_stage_and_field(tmp_path: Path, stage: str, params: str, field: str, words: list[str]) -> None:
+    p = _write(tmp_path, f"name: x\nstages:\n  - key: {stage}\n    params: {params}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and f"stages[0] ({stage})" in msg, msg
+    assert f"field {field}" in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_llm_block_and_model_shorthand_load(tmp_path: Path) -> None:
+    p = _write(tmp_path, """name: x
+stages:
+  - key: reader.hf
+    params:
+      llm: {backend: openai, model: smollm2, base_url: "http://127.0.0.1:8080/v1", api_key_env: MY_KEY, concurrency: 4}
+      prompt: cite
+""")
+    (reader,) = load_config(p).build_stages()
+    p = _write(tmp_path, """name: y
+stages:
+  - key: reader.route
+    params: {rag: {model: m, prompt: free, batch_size: 2}, fallback_params: {llm: {backend: llamacpp, model: m.gguf}}}
+""")
+    (route,) = load_config(p).build_stages()
+    assert (reader.params.llm.backend, reader.params.llm.base_url, reader.params.prompt) == ("openai", "http://127.0.0.1:8080/v1", "cite")
+    assert route.rag.params.llm.batch_size == 2 and route.fallback.params.llm.backend == "llamacpp"

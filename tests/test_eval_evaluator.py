@@ -7,7 +7,7 @@ import json
 import pytest
 
 from longread.eval.evaluator import EvalError, evaluate, read_predictions, score_predictions
-from longread.types import Prediction, Question
+from longread.types import Citation, Prediction, Question, Usage
 
 
 def Q(qid, answers=("Paris",), gold=None, doc_ids=None):
@@ -103,7 +103,8 @@ def test_null_when_not_computable():
     m = evaluate(preds, qs)
     # no reader ran, no gold ids, no answer_in_passages, no timings or tokens
     for key in ("em", "f1", "answer_recall", "recall@1", "recall@20", "ndcg@10", "reader_tokens_mean",
-                "ttft_s_mean", "seconds_per_question", "llm_calls_mean", "peak_rss_mb"):
+                "ttft_s_mean", "seconds_per_question", "llm_calls_mean", "peak_rss_mb", "citation_precision",
+                "citation_recall"):
         assert m[key] is None, key
     assert m["stage_seconds"] == {} and m["n_errors"] == 0 and m["n"] == 2
 
@@ -170,7 +171,7 @@ def test_error_does_not_invent_answer_recall():
 
 
 def test_a_run_without_passages_has_null_retrieval_metrics() -> None:
-    from longread.types import Prediction, Question
+    from longread.types import Citation, Prediction, Question, Usage
 
     qs = [Question(id="a", question="q?", answers=["x"], gold_ids=["d1"]), Question(id="b", question="q?", answers=["y"], gold_ids=["d2"])]
     preds = [Prediction(id="a", answer="x"), Prediction(id="b", answer="z")]
@@ -206,3 +207,83 @@ def test_long_and_numeric_styles_reach_the_metrics():
     # A run without a reader: every answer metric is null, not 0.
     m = evaluate([P("q1", None)], [Q("q1")], metric_style="long")
     assert m["em"] is None and m["rouge_l"] is None and m["contains"] is None
+
+
+def _typed(pred: Prediction, usage: list[Usage]) -> Prediction:
+    """``pred`` with its trace cost keys moved into typed usage records."""
+    trace = {k: v for k, v in pred.trace.items()
+             if k not in ("timings", "reader_tokens", "ttft_s", "new_tokens", "llm_calls", "llm_tokens")}
+    return pred.model_copy(update={"trace": trace, "usage": usage})
+
+
+def test_typed_usage_scores_like_the_trace_keys_it_replaces(run):
+    legacy, questions = run
+    hf = {"backend": "hf", "model": "m"}
+    usage = [
+        [Usage(stage="retriever.bm25", seconds=0.1),
+         Usage(stage="reader.hf", calls=1, prompt_tokens=100, new_tokens=3, seconds=0.9, ttft_s=0.2, **hf)],
+        [Usage(stage="retriever.bm25", seconds=0.3),
+         Usage(stage="reader.hf", calls=1, prompt_tokens=300, new_tokens=5, seconds=1.7, ttft_s=0.4, **hf)],
+        [Usage(stage="retriever.bm25", seconds=0.2)],
+        # A reader that counts what it read but calls no model (reader.echo): tokens, no LLM call.
+        [Usage(stage="retriever.bm25", seconds=0.2), Usage(stage="reader.hf", prompt_tokens=200, seconds=1.0),
+         Usage(stage="reranker.x", seconds=0.6)],
+    ]
+    typed = [_typed(p, u) for p, u in zip(legacy, usage)]
+    assert all(not p.trace.keys() & {"timings", "reader_tokens"} for p in typed)
+    a, b = evaluate(legacy, questions), evaluate(typed, questions)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k]), k
+
+
+def test_route_parts_add_up_and_a_legacy_fallback_reader_still_counts():
+    hf = {"backend": "hf", "model": "m"}
+    q = [Q("q1"), Q("q2")]
+    both = P("q1", "Paris")
+    both = both.model_copy(update={"usage": [
+        Usage(stage="reader.route", part="rag", calls=1, prompt_tokens=50, new_tokens=2, seconds=0.5, ttft_s=0.1, **hf),
+        Usage(stage="reader.route", part="fallback", calls=1, prompt_tokens=400, new_tokens=4, seconds=2.0, ttft_s=0.7, **hf),
+    ]})
+    # Self-Route whose fallback (reader.retrolm) still writes the old trace keys.
+    mixed = P("q2", "Paris", reader_tokens=300, new_tokens=3, ttft_s=0.9, llm_calls={"reader.retrolm": 1},
+              llm_tokens={"reader.retrolm": 900})
+    mixed = mixed.model_copy(update={"usage": [
+        Usage(stage="reader.route", part="rag", calls=1, prompt_tokens=50, new_tokens=2, seconds=0.5, ttft_s=0.1, **hf),
+        Usage(stage="reader.route", part="fallback", seconds=3.0),
+    ]})
+    rows = score_predictions([both, mixed], q)
+    assert [r["reader_tokens"] for r in rows] == [450, 350]
+    assert [r["new_tokens"] for r in rows] == [6, 5]
+    assert [r["ttft_s"] for r in rows] == [0.7, 0.9]
+    assert rows[0]["timings"] == pytest.approx({"reader.route": 2.5}) and rows[1]["timings"] == pytest.approx({"reader.route": 3.5})
+    assert rows[0]["llm_calls"] == {"reader.route": 2} and rows[1]["llm_calls"] == {"reader.route": 1, "reader.retrolm": 1}
+    assert rows[0]["llm_tokens"] == {"reader.route": 456} and rows[1]["llm_tokens"] == {"reader.route": 52, "reader.retrolm": 900}
+    m = evaluate([both, mixed], q)
+    assert m["reader_tokens_mean"] == pytest.approx(400) and m["llm_calls_mean"] == pytest.approx(2.0)
+
+
+def _cite(n: int, chunk: str, text: str) -> Citation:
+    return Citation(n=n, doc_id=chunk.split("#")[0], chunk_id=chunk, start=0, end=len(text), text=text)
+
+
+def test_citations_are_scored_and_markers_do_not_hurt_em():
+    qs = [Q("q1", ["Paris"], gold=["d2"]), Q("q2", ["Denver Broncos"], gold=["d3#0"]), Q("q3", ["x"], gold=["x"]),
+          Q("q4", ["y"])]
+    preds = [
+        P("q1", "Paris [1][2].").model_copy(update={"citations": [_cite(1, "d1#0", "Paris is big."), _cite(2, "d2#0", "Nothing.")]}),
+        P("q2", "The Denver Broncos won [1].").model_copy(update={"citations": [_cite(1, "d1#1", "The Denver Broncos won it.")]}),
+        P("q3", "No idea."),
+        P("q4", None, error="RuntimeError: boom"),
+    ]
+    rows = score_predictions(preds, qs)
+    assert rows[0]["em"] == 1.0  # scored as "Paris."
+    assert rows[1]["f1"] == pytest.approx(0.8)  # "denver broncos won" vs "denver broncos"
+    assert [r["citation_precision"] for r in rows] == [0.5, 1.0, None, None]
+    assert [r["citation_recall"] for r in rows] == [1.0, 0.0, 0.0, None]  # q1's gold doc d2 is cited
+    m = evaluate(preds, qs)
+    assert m["citation_precision"] == pytest.approx(0.75) and m["citation_recall"] == pytest.approx(1 / 3)
+    # Without any citation in the run the metrics are null, and a bare "[2]" answer is scored as it is.
+    plain = evaluate([P("q1", "[2]"), P("q2", "Broncos")], qs[:2])
+    assert plain["citation_precision"] is None and plain["citation_recall"] is None
+    assert evaluate([P("q1", "2")], [Q("q1", ["[2]"])])["em"] == evaluate([P("q1", "[2]")], [Q("q1", ["[2]"])])["em"] == 1.0

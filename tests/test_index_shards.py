@@ -132,6 +132,28 @@ def test_index_streams_documents_and_shard_size_does_not_change_the_bm25_part(tm
     check_index(tmp_path / "small", read_manifest(tmp_path / "small"), "full")
 
 
+def test_the_sharded_bm25_part_is_the_one_a_single_streaming_build_writes(tmp_path: Path) -> None:
+    from longread.retrievers.bm25 import BM25Retriever
+
+    idx = tmp_path / "idx"
+    Pipeline.from_config(config()).index(docs(40), idx, show_progress=False, shard_size="1KB")
+    stage = BM25Retriever({"top_k": 3})
+    assert read_manifest(idx)["store"]["shards"] > 10 and stage.part in read_manifest(idx)["parts"]
+    (tmp_path / "single").mkdir()
+    stage.build_part((c.text for c in open_store(idx).chunks), tmp_path / "single", show_progress=False)
+    single = {p.name: p.read_bytes() for p in (tmp_path / "single").iterdir()}
+    assert single == {p.name: p.read_bytes() for p in (idx / stage.part).iterdir()}
+
+
+def test_impossible_ann_params_fail_before_any_part_is_built(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    dense = {"key": "retriever.dense", "params": {"encoder": str(tiny_encoder_dir), "index": "ivfpq", "nlist": 10_000, "nprobe": 8}}
+    idx = tmp_path / "idx"
+    with pytest.raises(ValueError, match=r"nlist must be <= the number of vectors \(\d+\), got nlist=10000"):
+        Pipeline.from_config(config(dense)).index(docs(12), idx, show_progress=False)
+    assert read_manifest(idx)["parts"] == {} and not [p for p in idx.iterdir() if p.name not in ("corpus", "manifest.json")]
+    assert not (build_dir_for(idx) / "_map").exists()  # nothing was tokenised or encoded
+
+
 def test_a_stopped_build_keeps_its_finished_shards(tmp_path: Path) -> None:
     class Stop(Exception):
         pass

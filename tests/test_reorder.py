@@ -64,7 +64,7 @@ def test_stage_reorders_and_cuts_before() -> None:
     [out] = stage([_state(8)])
     assert [p.chunk.id for p in out.passages] == ["c0", "c2", "c4", "c3", "c1"]
     assert out.trace["reorder"] == "hard_negative"
-    assert out.trace["timings"]["reorder.hard_negative"] >= 0
+    assert [u.stage for u in out.usage] == ["reorder.hard_negative"] and out.usage[0].seconds >= 0
     # Scores stay with their passages.
     assert [p.score for p in out.passages] == [8.0, 6.0, 4.0, 5.0, 7.0]
 

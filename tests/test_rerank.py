@@ -146,6 +146,12 @@ def test_sliding_batches_the_kth_windows_of_all_questions() -> None:
         ("reranker.sliding", {"window": 0}, "window must be > 0, got 0"),
         ("reranker.first", {"top_n": 53}, "top_n must be in 1..52"),
         ("reranker.pointwise", {"batch_size": 0}, "batch_size must be > 0, got 0"),
+        ("reranker.fullrank", {"llm": {"backend": "openai", "model": "m"}}, "field 'llm': Value error, backend openai needs base_url"),
+        ("reranker.first", {"llm": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8080/v1"}},
+         "stages[0] (reranker.first): field 'llm': Value error, reranker.first needs logits from its model, which backend "
+         "'openai' cannot give; use backend 'hf' or 'llamacpp'"),
+        ("reranker.pointwise", {"llm": {"backend": "vllm", "model": "m"}}, "field 'llm': Value error, reranker.pointwise needs logits"),
+        ("reranker.pointwise", {"llm": {"backend": "llamacpp", "model": "m.gguf"}, "batch_size": 2}, "batch_size is used only by backend hf"),
     ],
 )
 def test_bad_params_are_config_errors(key: str, params: dict, msg: str) -> None:
@@ -153,10 +159,18 @@ def test_bad_params_are_config_errors(key: str, params: dict, msg: str) -> None:
         parse_config({"name": "x", "stages": [{"key": key, "params": params}]})
 
 
+def test_logit_rankers_accept_backends_with_logits() -> None:
+    for key in ("reranker.first", "reranker.pointwise"):
+        cfg = parse_config({"name": "x", "stages": [{"key": key, "params": {"llm": {"backend": "llamacpp", "model": "m.gguf"}}}]})
+        assert cfg.build_stages()[0].params.llm.backend == "llamacpp"
+    assert PointwiseReranker().params.llm.batch_size == 8  # its own default: prompts per forward pass
+    assert PointwiseReranker({"batch_size": 2}).params.llm.batch_size == 2
+
+
 def test_registry_and_cheap_init() -> None:
     for key in KEYS:
         stage = registry.get(key)()
-        assert not hasattr(stage, "model")  # nothing loaded before setup
+        assert stage.backend is None  # nothing loaded before setup
     with pytest.raises(RuntimeError, match="setup"):
         FullRankReranker()([_state(["a", "b"])])
 
@@ -189,27 +203,27 @@ TEXTS = ["Neil Armstrong walked on the Moon.", "Water boils at 100 degrees.", "P
 
 
 def test_fullrank_on_tiny_lm_falls_back_and_flags(tiny_lm_dir: Path, ctx: RunContext) -> None:
-    from longread.readers.generate import chat_prompts, generate
+    from longread.llm import GenRequest
 
     stage = FullRankReranker(FullRankReranker.Params(model=str(tiny_lm_dir), max_new_tokens=12, keep=3))
     stage.setup(ctx)
     empty, one, four = stage([_state([]), _state(["only one"]), _state(TEXTS)])
-    # What the model said, generated independently with the same prompt.
-    model, tok = ctx.models.causal_lm(str(tiny_lm_dir))
-    prompt = chat_prompts(tok, [listwise_messages(four.question.question, TEXTS, word_budget=100)])
-    [gen] = generate(model, tok, prompt, max_new_tokens=12)
+    # What the model said, generated alone with the same prompt.
+    msgs = listwise_messages(four.question.question, TEXTS, word_budget=100)
+    [gen] = stage.backend.generate([GenRequest(messages=msgs, max_new_tokens=12)])
     order = _expected_fallback(gen.text, 4)
     assert [p.chunk.id for p in four.passages] == [f"q-c{i}" for i in order][:3]
     counts = four.trace["rerank_counts"]["reranker.fullrank"]
     assert four.trace["rerank_incomplete"] is (counts["missing"] > 0)
     assert counts["candidates"] == 4 and counts["ranked"] + counts["missing"] == 4
-    assert four.trace["llm_calls"]["reranker.fullrank"] == 1
-    assert four.trace["llm_tokens"]["reranker.fullrank"] == gen.prompt_tokens + gen.new_tokens
+    u = four.usage_for("reranker.fullrank")
+    assert (u.calls, u.prompt_tokens, u.new_tokens, u.backend) == (1, gen.prompt_tokens, gen.new_tokens, "hf")
     assert all(p.scores["retriever.bm25"] > 0 for p in four.passages)  # earlier scores are kept
     assert [p.score for p in four.passages] == sorted((p.score for p in four.passages), reverse=True)
-    assert empty.passages == [] and empty.trace["llm_calls"]["reranker.fullrank"] == 0
+    assert empty.passages == [] and empty.usage_for("reranker.fullrank").calls == 0
     assert [p.chunk.id for p in one.passages] == ["q-c0"] and one.trace["rerank_incomplete"] is False
-    assert one.trace["llm_calls"]["reranker.fullrank"] == 0
+    assert one.usage_for("reranker.fullrank").calls == 0
+    assert not {"llm_calls", "llm_tokens", "timings"} & set(four.trace)
 
 
 def test_sliding_on_tiny_lm_counts_windows(tiny_lm_dir: Path, ctx: RunContext) -> None:
@@ -217,14 +231,12 @@ def test_sliding_on_tiny_lm_counts_windows(tiny_lm_dir: Path, ctx: RunContext) -
     stage.setup(ctx)
     [s] = stage([_state(TEXTS + ["five", "six"])])
     assert sorted(p.chunk.id for p in s.passages) == sorted(f"q-c{i}" for i in range(6))
-    assert s.trace["llm_calls"]["reranker.sliding"] == len(sliding_windows(6, 3, 2)) == 3
+    assert s.usage_for("reranker.sliding").calls == len(sliding_windows(6, 3, 2)) == 3
     assert s.trace["rerank_counts"]["reranker.sliding"]["candidates"] == 6
 
 
 def test_first_on_tiny_lm_orders_by_identifier_logits(tiny_lm_dir: Path, ctx: RunContext) -> None:
     import torch
-
-    from longread.readers.generate import chat_prompts
 
     stage = FirstReranker(FirstReranker.Params(model=str(tiny_lm_dir), top_n=3))
     stage.setup(ctx)
@@ -233,22 +245,27 @@ def test_first_on_tiny_lm_orders_by_identifier_logits(tiny_lm_dir: Path, ctx: Ru
     pieces = [tok.encode("[" + c, add_special_tokens=False) for c in "ABC"]
     prefill = "" if len(pieces[0]) == 1 else "["
     letters = [p[-1] for p in pieces]
-    prompt = chat_prompts(tok, [listwise_messages(a.question.question, TEXTS[:3], word_budget=100, ids=["A", "B", "C"])])[0] + prefill
+    msgs = listwise_messages(a.question.question, TEXTS[:3], word_budget=100, ids=["A", "B", "C"])
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefill
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, -1]
     want = sorted(range(3), key=lambda i: -float(logits[letters[i]]))
     assert [p.chunk.id for p in a.passages] == [f"a-c{i}" for i in want] + ["a-c3"]
-    assert a.trace["llm_calls"]["reranker.first"] == 1 and a.trace["rerank_incomplete"] is False
-    assert [p.chunk.id for p in b.passages] == ["b-c0"] and b.trace["llm_calls"]["reranker.first"] == 0
+    assert a.usage_for("reranker.first").calls == 1 and a.trace["rerank_incomplete"] is False
+    assert a.usage_for("reranker.first").prompt_tokens == ids.shape[1]
+    assert [p.chunk.id for p in b.passages] == ["b-c0"] and b.usage_for("reranker.first").calls == 0
 
 
 def test_first_single_token_check(tiny_lm_dir: Path, ctx: RunContext) -> None:
     _, tok = ctx.models.causal_lm(str(tiny_lm_dir))
-    toks, prefill = single_token_ids(tok, letter_ids(10))
+    def encode(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    toks, prefill = single_token_ids(encode, letter_ids(10))
     assert len(set(toks)) == 10 and prefill in ("", "[")
     with pytest.raises(ValueError, match="not a single token"):
-        single_token_ids(tok, ["A", "q7#~"])
+        single_token_ids(encode, ["A", "q7#~"])
 
 
 class _MergingTokenizer:
@@ -267,10 +284,10 @@ class _MergingTokenizer:
 
 
 def test_first_single_token_check_merged_form() -> None:
-    toks, prefill = single_token_ids(_MergingTokenizer(), ["A", "B"])
+    toks, prefill = single_token_ids(_MergingTokenizer().encode, ["A", "B"])
     assert toks == [1000 + ord("A"), 1000 + ord("B")] and prefill == ""
     with pytest.raises(ValueError, match="not a single token"):
-        single_token_ids(_MergingTokenizer(), ["A", "BC"])
+        single_token_ids(_MergingTokenizer().encode, ["A", "BC"])
 
 
 def test_pointwise_on_tiny_lm_batches_and_is_batch_invariant(tiny_lm_dir: Path, ctx: RunContext) -> None:
@@ -284,9 +301,9 @@ def test_pointwise_on_tiny_lm_batches_and_is_batch_invariant(tiny_lm_dir: Path, 
     assert [p.score for p in x.passages[:3]] == pytest.approx([p.score for p in y.passages[:3]], abs=1e-3)
     assert x.passages[-1].chunk.id == "q-c3"  # beyond top_n: kept after, below the ranked ones
     assert x.passages[-1].score < min(p.score for p in x.passages[:3])
-    assert x.trace["llm_calls"]["reranker.pointwise"] == 3
+    assert x.usage_for("reranker.pointwise").calls == 3
     [e] = big([_state([])])
-    assert e.passages == [] and e.trace["llm_calls"]["reranker.pointwise"] == 0
+    assert e.passages == [] and e.usage_for("reranker.pointwise").calls == 0
 
 
 @pytest.mark.parametrize("name", ["rag_hybrid_fullrank", "rag_hybrid_sliding", "rag_bm25_first", "rag_hybrid_fullrank_color"])
@@ -298,3 +315,32 @@ def test_configs_with_rerankers_load(name: str) -> None:
         pytest.skip(f"{path.name} not present")
     cfg = load_config(path)
     assert any(s.key.startswith("reranker.") for s in cfg.stages)
+
+
+class _Hub:
+    def __init__(self, backend) -> None:
+        self.be = backend
+
+    def backend(self, spec, ctx=None):
+        return self.be
+
+
+def test_fullrank_follows_a_known_answer_and_a_failed_call_fails_its_question() -> None:
+    from longread.llm import Generation
+    from longread.testing import ScriptedBackend
+
+    class Flaky(ScriptedBackend):
+        def generate(self, requests):
+            out = super().generate(requests)
+            return [Generation.failed("connection refused") if "Broken" in self.prompts[-len(out) + i] else g
+                    for i, g in enumerate(out)]
+
+    stage = FullRankReranker({"max_new_tokens": 40})
+    stage.setup(RunContext(models=_Hub(Flaky(default="[3] > [1] > [3] > [7]"))))
+    good, bad = stage([_state(TEXTS, qid="g"), _state(TEXTS, question="Broken?", qid="b")])
+    assert [p.chunk.id for p in good.passages] == ["g-c2", "g-c0", "g-c1", "g-c3"]
+    counts = good.trace["rerank_counts"]["reranker.fullrank"]
+    assert (counts["ranked"], counts["missing"], counts["repeated"], counts["out_of_range"]) == (2, 2, 1, 1)
+    assert "error" not in good.trace and good.usage_for("reranker.fullrank").new_tokens > 0
+    assert bad.trace["error"] == "reranker.fullrank: generation failed: connection refused"
+    assert [p.chunk.id for p in bad.passages] == [f"b-c{i}" for i in range(4)]  # left as retrieved

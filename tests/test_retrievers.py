@@ -13,9 +13,9 @@ from longread.config import ChunkerSpec
 from longread.io import atomic_dir
 from longread.pipelines.chunking import chunk_documents
 from longread.pipelines.store import CorpusStore
-from longread.retrievers.bm25 import BM25Retriever, BM25Tokenizer, OkapiIndex, RankBM25Index, search
+from longread.retrievers.bm25 import BM25Retriever, BM25Tokenizer, OkapiBuilder, OkapiIndex, RankBM25Index, search
 from longread.retrievers.common import top_k
-from longread.retrievers.dense import DenseRetriever, build_faiss_index
+from longread.retrievers.dense import DenseRetriever, ann_search, auto_nlist, build_faiss_index, configure_search
 from longread.retrievers.hybrid import HybridRetriever, rrf_fuse
 from longread.stage import RunContext
 from longread.types import Document, QAState, Question
@@ -109,6 +109,92 @@ def test_bm25_tokenizer() -> None:
         BM25Tokenizer("klingon")
 
 
+@pytest.mark.parametrize("group_postings", [1 << 24, 60])
+def test_bm25_batched_search_matches_the_reference_query_by_query(group_postings: int, monkeypatch) -> None:
+    import longread.retrievers.bm25 as bm25_module
+
+    # A small bound splits the batch into many sparse products (what a 10M-chunk corpus does).
+    monkeypatch.setattr(bm25_module, "_MAX_GROUP_POSTINGS", group_postings)
+    docs = _zipf_corpus(300, seed=5)
+    fast, ref = OkapiIndex.build(docs, k1=1.2, b=0.75), RankBM25Index.build(docs, k1=1.2, b=0.75)
+    rng = np.random.default_rng(2)
+    vocab = sorted({t for d in docs for t in d})
+    queries = [list(rng.choice(vocab, size=rng.integers(1, 6))) for _ in range(120)]
+    queries += [[], ["unseen"], ["t1", "t1", "t4"], ["half", "t2"], ["majority"], ["everywhere", "t9"]]
+    # Scopes: random chunk subsets (unsorted, with repeats) on every third query, the rest unscoped.
+    scopes = [rng.integers(0, len(docs), size=rng.integers(1, 40)) if i % 3 == 0 else None for i in range(len(queries))]
+    want = [search(ref, q, 15, s) for q, s in zip(queries, scopes)]
+    for threads in (1, 3):
+        got = fast.search_many(queries, 15, scopes, threads=threads)
+        for q, s, g, w in zip(queries, scopes, got, want):
+            assert g[0].tolist() == w[0].tolist(), (q, s)
+            np.testing.assert_allclose(g[1], w[1], rtol=0, atol=1e-6)
+            if s is not None:
+                assert set(g[0].tolist()) <= set(s.tolist())
+    assert sum(len(h[0]) == 15 for h in want) > 40  # many queries fill top-k: the check has teeth
+
+
+def test_bm25_negative_idf_floor_keeps_zero_and_negative_matches() -> None:
+    # 'a' is in every chunk (negative idf), 'b' in exactly half (idf 0): the floor epsilon * mean
+    # idf is negative, so matching chunks score 0 or less and must still be returned, best first.
+    docs = [["a", "b"], ["a"], ["a", "b"], ["a", "c"]]
+    fast, ref = OkapiIndex.build(docs, k1=1.5, b=0.75), RankBM25Index.build(docs, k1=1.5, b=0.75)
+    queries = [["b"], ["a"], ["a", "b"], ["c", "b"], ["c"]]
+    for q, g in zip(queries, fast.search_many(queries, 10)):
+        w = search(ref, q, 10)
+        assert g[0].tolist() == w[0].tolist()
+        np.testing.assert_allclose(g[1], w[1], atol=1e-9)
+    (b_hits,) = fast.search_many([["b"]], 10)
+    assert b_hits[0].tolist() == [0, 2] and (b_hits[1] <= 0).all()
+
+
+def test_bm25_streamed_build_writes_the_same_index_as_in_memory(tmp_path: Path) -> None:
+    import bm25s
+
+    docs = _zipf_corpus(500, seed=9)
+    mem = OkapiIndex.build(docs, k1=1.5, b=0.75)
+    streamed = OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path, block=37).add_many(iter(docs)).finish()
+    small_blocks = OkapiBuilder(k1=1.5, b=0.75, block=11).add_many(docs).finish()
+    for other in (streamed, small_blocks):
+        for name in ("data", "indices", "indptr", "idf"):
+            assert np.array_equal(np.asarray(getattr(other, name)), np.asarray(getattr(mem, name))), name
+        assert other.vocab == mem.vocab and other.n_docs == mem.n_docs == 500
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "idf.npy", "vocab.index.json", "params.index.json"])
+    assert streamed.indices.dtype == np.int32 and isinstance(streamed.data, np.memmap)
+    # bm25s' own loader opens the part and scores with it exactly as we do.
+    engine = bm25s.BM25.load(str(tmp_path), mmap=True)
+    for q in (["t1", "t5"], ["majority", "t0", "t0"], ["everywhere"]):
+        np.testing.assert_allclose(engine.get_scores(q), streamed.scores(q), atol=1e-9)
+    with pytest.raises(ValueError, match="none of the 3 chunks has an indexable term"):
+        OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path / "empty").add_many([[], [], []]).finish()
+
+
+def test_bm25_parts_merge_into_the_index_one_builder_writes(tmp_path: Path) -> None:
+    """A sharded build's parts (any cut, empty and one-chunk parts, several blocks per part, parts
+    joined into scatter groups) give the bytes a single streaming builder writes."""
+    docs = _zipf_corpus(500, seed=9)
+    OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path / "one").add_many(docs).finish()
+    want = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    for j, (cuts, block) in enumerate((([0, 0, 120, 121, 400, 500], 64), ([0, 250, 500], 11), ([0, 500], 65_536))):
+        parts = []
+        for i, (a, z) in enumerate(zip(cuts, cuts[1:])):
+            d = tmp_path / f"part{j}-{i}"
+            d.mkdir()
+            OkapiBuilder(k1=1.5, b=0.75, block=block).add_many(docs[a:z]).write_part(d)
+            parts.append(d)
+        merger = OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path / f"merged{j}", block=block)
+        for d in parts:
+            merger.add_part(d)
+        assert merger.n_chunks == 500
+        merged = merger.finish()
+        assert {p.name: p.read_bytes() for p in (tmp_path / f"merged{j}").iterdir()} == want, cuts
+        assert merged.search_many([["t1", "half"]], 5)[0][0].tolist() == OkapiIndex.build(docs, k1=1.5, b=0.75).search_many(
+            [["t1", "half"]], 5)[0][0].tolist()
+    with pytest.raises(ValueError, match="not a BM25 index part"):
+        OkapiBuilder(k1=1.5, b=0.75).add_part(tmp_path / "one")
+
+
 @pytest.mark.parametrize("backend", ["bm25s", "rank_bm25"])
 def test_bm25_persistence_round_trip_and_scoping(backend: str, corpus, hub) -> None:
     index_dir, store = corpus
@@ -154,7 +240,7 @@ def test_bm25_query_edge_cases(corpus, hub) -> None:
     assert sorted(c for c, _ in hits) == sorted(has_bank)
     passage = stage([QAState(question=Question(id="b", question="bank"))])[0].passages[0]
     assert passage.scores == {"retriever.bm25": passage.score}
-    assert "retriever.bm25" in stage([QAState(question=Question(id="b", question="bank"))])[0].trace["timings"]
+    assert [u.stage for u in stage([QAState(question=Question(id="b", question="bank"))])[0].usage] == ["retriever.bm25"]
 
 
 def test_bm25_setup_needs_the_built_part(corpus, hub) -> None:
@@ -182,7 +268,13 @@ def test_bm25_part_name_tracks_index_params() -> None:
         (BM25Retriever, {"backend": "lucene"}, "'bm25s' or 'rank_bm25'"),
         (BM25Retriever, {"stemmer": "klingon"}, "unknown stemmer 'klingon'"),
         (BM25Retriever, {"topk": 3}, "topk"),
-        (DenseRetriever, {"index": "ivf"}, "'flat' or 'hnsw'"),
+        (DenseRetriever, {"index": "ivf"}, "'flat', 'hnsw' or 'ivfpq'"),
+        (DenseRetriever, {"index": "ivfpq", "nlist": 8, "nprobe": 16}, "nprobe must be <= nlist, got nprobe=16 nlist=8"),
+        (DenseRetriever, {"nlist": 0}, "nlist must be > 0 or None (automatic), got 0"),
+        (DenseRetriever, {"pq_bits": 20}, "pq_bits must be in [1, 16], got 20"),
+        (DenseRetriever, {"pq_m": 0}, "pq_m must be > 0, got 0"),
+        (DenseRetriever, {"faiss_gpu": "maybe"}, "'auto', 'on' or 'off'"),
+        (BM25Retriever, {"threads": 0}, "threads must be > 0, got 0"),
         (DenseRetriever, {"ef_search": 0}, "ef_search must be > 0, got 0"),
         (DenseRetriever, {"faiss_threads": 0}, "faiss_threads must be > 0 or None, got 0"),
         (HybridRetriever, {"rrf_k": -1}, "rrf_k must be >= 0, got -1"),
@@ -214,6 +306,56 @@ def test_hnsw_agrees_with_flat() -> None:
     assert (i_flat[:, 0] == i_hnsw[:, 0]).mean() >= 0.98
     with pytest.raises(ValueError, match="unknown faiss index kind 'ivf'"):
         build_faiss_index(v, "ivf")
+
+
+def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors around 50 random centres: structure like embeddings, unlike uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim)).astype(np.float32)
+    v = centres[rng.integers(0, 50, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_ivfpq_recall_against_flat_and_exact_rescoring(tmp_path: Path) -> None:
+    import faiss
+
+    v = _clustered(6000, 32, seed=0)
+    q = _clustered(100, 32, seed=1)
+    flat = build_faiss_index(v, "flat")
+    truth = ann_search(flat, "flat", v, q, 10)
+    ivf = build_faiss_index(v, "ivfpq", nlist=64, pq_m=8, pq_bits=8)
+    assert faiss.extract_index_ivf(ivf).nlist == 64 and ivf.is_trained and ivf.ntotal == 6000
+    # Persisted in faiss' own format (no pickle) and read back with the same answers.
+    faiss.write_index(ivf, str(tmp_path / "ivf.faiss"))
+    again = faiss.read_index(str(tmp_path / "ivf.faiss"))
+
+    def recall(index, **knobs) -> float:
+        configure_search(index, "ivfpq", **{k: knobs.pop(k) for k in list(knobs) if k == "nprobe"})
+        got = ann_search(index, "ivfpq", v, q, 10, **knobs)
+        return float(np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(got, truth)]))
+
+    low, high = recall(ivf, nprobe=1, refine=1), recall(ivf, nprobe=16, refine=4)
+    assert high >= 0.95 and high > low  # nprobe and refine buy recall
+    assert recall(again, nprobe=16, refine=4) == high
+    # Re-scored candidates carry exact inner products.
+    configure_search(ivf, "ivfpq", nprobe=16)
+    pos, sc = ann_search(ivf, "ivfpq", v, q[:1], 10, refine=4)[0]
+    np.testing.assert_allclose(sc, v[pos] @ q[0], rtol=1e-5)
+    # Built twice with the same seed: the same index.
+    twin = build_faiss_index(v, "ivfpq", nlist=64, pq_m=8, pq_bits=8)
+    configure_search(twin, "ivfpq", nprobe=16)  # nprobe is stored in the file too
+    assert faiss.serialize_index(twin).tobytes() == faiss.serialize_index(ivf).tobytes()
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"pq_m": 5}, r"pq_m must divide the vector dim 32, got pq_m=5; valid up to 96: \[1, 2, 4, 8, 16, 32\]"),
+    ({"nlist": 500}, r"nlist must be <= the number of vectors \(300\), got nlist=500"),
+    ({"pq_bits": 9}, r"pq_bits=9 trains 512 centroids per sub-quantiser and needs at least that many vectors, got 300"),
+])
+def test_ivfpq_checks_params_against_corpus_and_dim(kwargs, msg) -> None:
+    with pytest.raises(ValueError, match=msg):
+        build_faiss_index(_clustered(300, 32, seed=2), "ivfpq", **{"pq_m": 8, "pq_bits": 8, **kwargs})
+    assert auto_nlist(300) == 7 and auto_nlist(1_000_000) == 4000 and auto_nlist(10) == 1
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +407,35 @@ def test_dense_hnsw_stage_matches_flat(corpus, hub, tiny_encoder_dir, dense_setu
     qs = [Question(id=f"q{i}", question=t) for i, t in enumerate(TOPICS)]
     for a, b in zip(_ask(hnsw, *qs), _ask(flat, *qs)):
         assert [c for c, _ in a] == [c for c, _ in b]  # tiny corpus: HNSW search is exhaustive
+
+
+def test_dense_ivfpq_stage_builds_checks_and_searches(corpus, hub, tiny_encoder_dir, dense_setup, tmp_path) -> None:
+    index_dir, store = corpus
+    n = len(store.chunks)
+    params = {"encoder": str(tiny_encoder_dir), "top_k": 5, "index": "ivfpq", "nlist": 2, "nprobe": 2, "pq_m": 4,
+              "pq_bits": 4, "refine": 100}
+    ivf = DenseRetriever(params)
+    assert ivf.part != dense_setup.part and ivf.part != DenseRetriever({**params, "pq_m": 8}).part
+    assert ivf.part == DenseRetriever({**params, "nprobe": 1, "refine": 2}).part  # query-time knobs
+    ctx = RunContext(models=hub, index_dir=index_dir, store=store)
+    _build(ivf, ctx)
+    meta = __import__("json").loads((index_dir / ivf.part / "meta.json").read_text())
+    assert meta["index"] == "ivfpq" and meta["nlist"] == 2 and meta["n"] == n
+    ivf.setup(_fresh_ctx(hub, index_dir))
+    flat = DenseRetriever({"encoder": str(tiny_encoder_dir), "top_k": 5})
+    flat.setup(ctx)
+    qs = [Question(id=f"q{i}", question=t) for i, t in enumerate(TOPICS)]
+    # nprobe = nlist and refine * top_k >= n: every chunk is re-scored exactly, as flat does.
+    for a, b in zip(_ask(ivf, *qs), _ask(flat, *qs)):
+        assert [c for c, _ in a] == [c for c, _ in b]
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+    # Params that cannot fit this corpus or encoder fail before encoding, naming the param.
+    for bad, msg in (({"pq_m": 5}, "pq_m must divide the vector dim"), ({"nlist": n + 1}, f"nlist must be <= the number of vectors \\({n}\\)")):
+        with pytest.raises(ValueError, match=msg):
+            DenseRetriever({**params, **bad}).indexes().popitem()[1](ctx, tmp_path)
+        assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="faiss_gpu: on needs faiss with GPU support"):
+        DenseRetriever({**params, "faiss_gpu": "on"}).setup(ctx)
 
 
 # --- hybrid -----------------------------------------------------------------------------------

@@ -46,11 +46,22 @@ def test_route_modes_on_the_tiny_lm(tmp_path: Path, tiny_lm_dir: Path, when: str
     assert [s.trace["route"] for s in out] == [route] * 3
     for s in out:
         assert s.answer is not None
-        calls = s.trace["llm_calls"]
-        if route == "fallback":
-            assert calls == {"reader.long_context": 1} and s.trace["route_rag_tokens"] == 0
-        else:
-            assert calls == {"reader.hf": 1}
+        # Both steps are parts of this stage's usage; only the step that ran is there.
+        assert [(u.stage, u.part, u.calls) for u in s.usage] == [("reader.route", route, 1)]
+        assert s.usage[0].prompt_tokens > 0 and s.usage[0].seconds > 0
+
+
+def test_self_route_adds_the_unanswerable_clause_to_the_chosen_style(tiny_lm_dir: Path) -> None:
+    m = str(tiny_lm_dir)
+    short = RouteReader({"rag": {"model": m}}).rag._messages("CTX", "Q?")[0]["content"]
+    assert short.startswith(
+        "Answer the question using the passages below. Reply with only the answer, as a short phrase of a few words, "
+        "with no explanation. If the passages do not contain the answer, reply exactly: unanswerable\n\nCTX"
+    )
+    free = RouteReader({"rag": {"model": m, "prompt": "free"}}).rag._messages("CTX", "Q?")[0]["content"]
+    assert "a few sentences" in free and "reply exactly: unanswerable" in free
+    tpl = "{context}\n{question}\nSay unanswerable if unsure."
+    assert RouteReader({"rag": {"model": m, "prompt": tpl}}).rag._messages("C", "Q")[0]["content"] == "C\nQ\nSay unanswerable if unsure."
 
 
 def test_self_route_sends_only_unanswerable_to_the_fallback(tmp_path: Path, tiny_lm_dir: Path) -> None:
@@ -66,8 +77,11 @@ def test_self_route_sends_only_unanswerable_to_the_fallback(tmp_path: Path, tiny
     assert all(s.trace["route"] == "fallback" for s in out)
     for s in out:
         assert s.trace["rag_answer"] == plain
-        assert s.trace["reader_tokens"] > s.trace["route_rag_tokens"] > 0
-        assert set(s.trace["llm_calls"]) == {"reader.hf", "reader.long_context"}
+        parts = {u.part: u for u in s.usage}
+        assert set(parts) == {"rag", "fallback"} and all(u.stage == "reader.route" for u in s.usage)
+        assert parts["rag"].calls == parts["fallback"].calls == 1
+        # The fallback read the whole document, RAG one short passage.
+        assert parts["fallback"].prompt_tokens > 0 and parts["rag"].prompt_tokens > 0
 
 
 def test_route_params_are_validated_at_config_time() -> None:
@@ -75,3 +89,7 @@ def test_route_params_are_validated_at_config_time() -> None:
         parse_config({"name": "r", "stages": [{"key": "reader.route", "params": {"rag": {"max_new_tokens": 0}}}]})
     with pytest.raises(ConfigError, match="fallback"):
         parse_config({"name": "r", "stages": [{"key": "reader.route", "params": {"fallback": "reader.hf"}}]})
+    with pytest.raises(ConfigError, match="template must tell the model to reply 'unanswerable'"):
+        parse_config({"name": "r", "stages": [{"key": "reader.route", "params": {"rag": {"prompt": "{context} {question}"}}}]})
+    with pytest.raises(ConfigError, match="cannot 'cite'"):
+        parse_config({"name": "r", "stages": [{"key": "reader.route", "params": {"fallback_params": {"prompt": "cite"}}}]})

@@ -164,7 +164,7 @@ def test_a_few_lora_steps_lower_the_loss_and_the_adapter_loads(hub, tiny_lm_dir,
     stage.setup(RunContext(models=hub))
     st = QAState(question=Question(id="q", question="x?"),
                  passages=[Passage(chunk=Chunk(id="c", doc_id="d", text=PAIRS[0].passage, start=0, end=90), score=1)])
-    assert stage([st])[0].trace["llm_calls"]["compressor.color"] == 1
+    assert stage([st])[0].usage_for("compressor.color").calls == 1
 
 
 def test_train_config_and_empty_pairs_errors(hub, tiny_lm_dir):

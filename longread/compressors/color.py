@@ -8,10 +8,12 @@ lclm_summarize``; the same prompt is the ``prompt`` of the ORPO preference pairs
 is query-agnostic, a compression could be cached per chunk; this stage compresses at query time so
 that it composes with any retriever.
 
-Each compressed passage keeps its chunk id, doc id and character offsets; only ``chunk.text`` is
-replaced. What the stage did is recorded per question in ``trace["compression"]["compressor.color"]``
-(tokens in/out, ratio, how many passages were skipped or fell back, and per passage the original
-length), and its LLM use in ``trace["llm_calls"]`` / ``trace["llm_tokens"]``.
+Generation goes through the generation layer (``llm:``; any backend, ``hf`` when an ``adapter``
+is merged in). Each compressed passage keeps its chunk id, doc id and character offsets; only
+``chunk.text`` is replaced. What the stage did is recorded per question in
+``trace["compression"]["compressor.color"]`` (tokens in/out, ratio, how many passages were skipped
+or fell back, and per passage the original length), and its LLM calls and tokens in the stage's
+:class:`~longread.types.Usage` record.
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ import copy
 import json
 import math
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Sequence
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
+from ..llm import GenRequest, load_backend
+from ..llm.params import LLMParams
+from ..llm.usage import record, record_error
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
 from ..types import QAState
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from ..llm import Backend
 
 __all__ = [
     "COLOR_PROMPT",
@@ -41,8 +49,8 @@ __all__ = [
     "check_adapter_base",
     "clean_summary",
     "color_messages",
-    "count_tokens",
     "summarize",
+    "truncate_tokens",
 ]
 
 COLOR_PROMPT = "Summarize the following content. \nContent:\n{passage}\n Summary:"
@@ -79,123 +87,67 @@ def clean_summary(text: str, original: str) -> str | None:
     return t
 
 
-def count_tokens(tokenizer: Any, text: str) -> int:
-    """Number of tokens ``tokenizer`` gives ``text`` without special tokens."""
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _truncate_tokens(tokenizer: Any, text: str, budget: int) -> str:
+def truncate_tokens(text: str, budget: int, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]) -> str:
+    """``text`` cut to at most ``budget`` tokens of the tokenizer behind ``encode``/``decode``
+    (a backend's, or a Hugging Face tokenizer's without special tokens)."""
     # Decoding then re-encoding a byte-level BPE sequence can change the count; iterate a few
     # times so the returned text measures <= budget with the same tokenizer.
     for _ in range(3):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = encode(text)
         if len(ids) <= budget:
             return text
-        text = tokenizer.decode(ids[:budget], skip_special_tokens=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return text if len(ids) <= budget else tokenizer.decode(ids[: max(0, budget - 1)], skip_special_tokens=True)
+        text = decode(ids[:budget])
+    ids = encode(text)
+    return text if len(ids) <= budget else decode(ids[: max(0, budget - 1)])
 
 
 @dataclass
 class Summary:
-    """One model compression: raw decoded ``text``, ``prompt_tokens`` fed and ``new_tokens`` generated."""
+    """One model compression: raw ``text``, ``prompt_tokens`` fed and ``new_tokens`` generated;
+    ``error`` when the call failed (``text`` is then empty)."""
 
     text: str
     prompt_tokens: int
     new_tokens: int
-
-
-def _prompt(tokenizer: Any, passage: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(color_messages(passage), tokenize=False, add_generation_prompt=True)
-    # A base model without a chat template gets the bare CoLoR prompt.
-    return COLOR_PROMPT.format(passage=passage)
+    error: str | None = None
 
 
 def summarize(
-    model: Any,
-    tokenizer: Any,
-    passages: list[str],
+    backend: "Backend",
+    passages: Sequence[str],
     *,
-    max_new_tokens: int | list[int],
-    batch_size: int = 4,
+    max_new_tokens: int | Sequence[int],
     temperature: float = 0.0,
     top_p: float = 1.0,
+    seed: int | None = None,
     max_input_tokens: int | None = None,
 ) -> list[Summary]:
-    """Compress each passage with the CoLoR prompt; return one ``Summary`` per passage, in order.
+    """Compress each passage with the CoLoR prompt on ``backend``; one ``Summary`` per passage, in order.
 
-    ``max_new_tokens`` is one budget for all or one per passage; a batch generates up to its
-    largest budget and each output is cut to its own. ``temperature == 0`` is greedy decoding,
-    otherwise sampling (seed torch's RNG before calling for reproducible samples).
-    ``max_input_tokens`` cuts long passages before prompting. Raises ``ValueError`` on bad budgets.
+    The prompt goes through the model's chat template (a model without one gets the bare CoLoR
+    prompt). ``max_new_tokens`` is one budget for all or one per passage. ``temperature == 0`` is
+    greedy decoding, otherwise sampling with ``seed``. ``max_input_tokens`` cuts long passages
+    before prompting. Raises ``ValueError`` on bad budgets.
     """
-    import torch
-
     n = len(passages)
     budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != n:
         raise ValueError(f"got {len(budgets)} max_new_tokens for {n} passages")
     if any(b < 1 for b in budgets):
         raise ValueError(f"max_new_tokens must be >= 1, got {min(budgets)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not passages:
         return []
     texts = list(passages)
     if max_input_tokens is not None:
-        texts = [_truncate_tokens(tokenizer, t, max_input_tokens) for t in texts]
-    prompts = [_prompt(tokenizer, t) for t in texts]
-    # Similar lengths share a batch so little compute goes to padding.
-    order = sorted(range(n), key=lambda i: len(prompts[i]))
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
-    gen_kwargs: dict[str, Any] = {"do_sample": temperature > 0, "pad_token_id": pad_id}
-    if temperature > 0:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    device = next(model.parameters()).device
-    out: list[Summary | None] = [None] * n
-    for s in range(0, n, batch_size):
-        idx = order[s : s + batch_size]
-        enc = tokenizer(
-            [prompts[i] for i in idx],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-        ).to(device)
-        with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max(budgets[i] for i in idx), **gen_kwargs)
-        width = enc["input_ids"].shape[1]
-        for row, i in enumerate(idx):
-            new = gen[row, width:].tolist()[: budgets[i]]
-            for k, tok in enumerate(new):
-                if tok in eos_ids:
-                    new = new[:k]
-                    break
-            out[i] = Summary(
-                text=tokenizer.decode(new, skip_special_tokens=True),
-                prompt_tokens=int(enc["attention_mask"][row].sum()),
-                new_tokens=len(new),
-            )
-    return [o for o in out if o is not None]
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(model, "generation_config", None), tokenizer):
-        v = getattr(src, "eos_token_id", None)
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    if tokenizer.pad_token_id is not None:
-        ids.add(tokenizer.pad_token_id)
-    return ids
+        texts = [truncate_tokens(t, max_input_tokens, backend.encode, backend.decode) for t in texts]
+    reqs = [GenRequest(messages=color_messages(t), max_new_tokens=b, temperature=temperature, top_p=top_p, seed=seed)
+            for t, b in zip(texts, budgets)]
+    return [
+        Summary(g.text, g.prompt_tokens, g.new_tokens, (g.error or "generation failed") if g.finish_reason == "error" else None)
+        for g in backend.generate(reqs)
+    ]
 
 
 def _norm_name(name: str) -> str:
@@ -239,36 +191,28 @@ def check_adapter_base(adapter_dir: Path, model_name: str, model_dir: Path | Non
     return cfg
 
 
-class ColorParams(Params):
+class ColorParams(LLMParams):
     """Params of ``compressor.color``.
 
-    ``model``: hub name or local dir of the compressing LLM. ``adapter``: local PEFT/LoRA adapter
-    dir trained on ``model`` (None: the plain model). ``max_new_tokens``: hard cap on a
-    compression's tokens. ``ratio``: when set, each passage's budget is also at most
-    ``ceil(ratio * passage_tokens)``. ``batch_size``: passages per generate call. ``min_chars``:
-    passages shorter than this are passed through unchanged. ``max_input_tokens``: passages are cut
-    to this many tokens before prompting. ``fallback``: what a passage becomes when the model's
-    output is unusable (empty, no alphanumerics, a loop, or not shorter than the passage):
-    ``"original"`` keeps the passage, ``"empty"`` empties it.
+    ``llm`` (or ``model``: hub name or local dir): the compressing LLM; ``batch_size`` is
+    shorthand for ``llm.batch_size`` (passages per forward batch, ``hf``). ``adapter``: local
+    PEFT/LoRA adapter dir trained on ``model`` (None: the plain model; needs backend ``hf``).
+    ``max_new_tokens``: hard cap on a compression's tokens. ``ratio``: when set, each passage's
+    budget is also at most ``ceil(ratio * passage_tokens)``. ``min_chars``: passages shorter than
+    this are passed through unchanged. ``max_input_tokens``: passages are cut to this many tokens
+    before prompting. ``fallback``: what a passage becomes when the model's output is unusable
+    (empty, no alphanumerics, a loop, or not shorter than the passage): ``"original"`` keeps the
+    passage, ``"empty"`` empties it.
     """
 
-    model: str = "qwen2.5-0.5b-instruct"
     adapter: str | None = None
     max_new_tokens: int = 128
     ratio: float | None = None
-    batch_size: int = 4
     min_chars: int = 200
     max_input_tokens: int = 1024
     fallback: Literal["original", "empty"] = "original"
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model must be a non-empty model name or path")
-        return v
-
-    @field_validator("max_new_tokens", "batch_size", "max_input_tokens")
+    @field_validator("max_new_tokens", "max_input_tokens")
     @classmethod
     def _positive(cls, v: int, info: Any) -> int:
         if v <= 0:
@@ -296,6 +240,12 @@ class ColorParams(Params):
             raise ValueError("adapter must be a path to a PEFT adapter dir or null, got ''")
         return v
 
+    @model_validator(mode="after")
+    def _adapter_backend(self) -> "ColorParams":
+        if self.adapter is not None and self.llm.backend != "hf":
+            raise ValueError(f"adapter needs backend 'hf' (it is merged into the torch model), got {self.llm.backend!r}")
+        return self
+
 
 @register
 class ColorCompressor(Stage):
@@ -304,10 +254,14 @@ class ColorCompressor(Stage):
     key: ClassVar[str] = "compressor.color"
     Params: ClassVar[type[Params]] = ColorParams
 
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.backend: "Backend | None" = None
+
     def setup(self, ctx: RunContext) -> None:
-        """Load the LLM (and the adapter, merged into a private copy). Raises on a bad adapter."""
+        """Load the backend (with the adapter merged into a private copy of the model). Raises on a bad adapter."""
         p = self.params
-        model, tokenizer = ctx.models.causal_lm(p.model)
+        backend = load_backend(p.llm, ctx)
         if p.adapter is not None:
             model_dir = None
             try:
@@ -315,15 +269,20 @@ class ColorCompressor(Stage):
             except (FileNotFoundError, KeyError, ValueError):
                 model_dir = None
             check_adapter_base(Path(p.adapter), p.model, model_dir)
-            model = _with_adapter(model, Path(p.adapter))
-        self.model = model
-        self.tokenizer = tokenizer
+            from ..llm.hf import HFBackend
+
+            backend = HFBackend.from_loaded(p.llm, _with_adapter(backend.model, Path(p.adapter)), backend.tokenizer)
+        self.backend = backend
+
+    def _truncate(self, text: str, budget: int) -> str:
+        return truncate_tokens(text, budget, self.backend.encode, self.backend.decode)
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
-        """Compress every passage of every state in the batch; one generate pass over all of them."""
-        if not hasattr(self, "model"):
+        """Compress every passage of every state in the batch; one generation batch over all of them."""
+        if self.backend is None:
             raise RuntimeError("compressor.color: call setup(ctx) before using the stage")
         p = self.params
+        count = self.backend.count_tokens
         # Work on copies: callers may keep the input states.
         batch = [st.model_copy(deep=True) for st in batch]
         with timed(batch, self.key):
@@ -331,7 +290,7 @@ class ColorCompressor(Stage):
             tok_in: dict[tuple[int, int], int] = {}
             for si, st in enumerate(batch):
                 for pi, ps in enumerate(st.passages):
-                    n_in = count_tokens(self.tokenizer, ps.chunk.text)
+                    n_in = count(ps.chunk.text)
                     tok_in[(si, pi)] = n_in
                     if len(ps.chunk.text) < p.min_chars:
                         continue
@@ -339,20 +298,15 @@ class ColorCompressor(Stage):
                     if p.ratio is not None:
                         budget = min(budget, max(1, math.ceil(p.ratio * n_in)))
                     jobs.append((si, pi, ps.chunk.text, budget))
-            sums = summarize(
-                self.model,
-                self.tokenizer,
-                [j[2] for j in jobs],
-                max_new_tokens=[j[3] for j in jobs],
-                batch_size=p.batch_size,
-                max_input_tokens=p.max_input_tokens,
-            )
+            sums = summarize(self.backend, [j[2] for j in jobs], max_new_tokens=[j[3] for j in jobs],
+                             max_input_tokens=p.max_input_tokens)
             done = {(j[0], j[1]): (j, s) for j, s in zip(jobs, sums)}
             out = []
             for si, st in enumerate(batch):
                 rec = {"tokens_in": 0, "tokens_out": 0, "passages": len(st.passages), "compressed": 0,
                        "skipped": 0, "fallbacks": 0, "original_chars": {}, "budgets": {}}
-                calls = tokens = 0
+                calls = prompt_tokens = new_tokens = 0
+                error = None
                 for pi, ps in enumerate(st.passages):
                     n_in = tok_in[(si, pi)]
                     rec["tokens_in"] += n_in
@@ -363,23 +317,26 @@ class ColorCompressor(Stage):
                         continue
                     job, summ = done[(si, pi)]
                     calls += 1
-                    tokens += summ.prompt_tokens + summ.new_tokens
+                    prompt_tokens += summ.prompt_tokens
+                    new_tokens += summ.new_tokens
+                    error = error or summ.error
                     rec["budgets"][ps.chunk.id] = job[3]
                     text = clean_summary(summ.text, ps.chunk.text)
                     if text is not None:
-                        text = _truncate_tokens(self.tokenizer, text, job[3])
+                        text = self._truncate(text, job[3])
                         rec["compressed"] += 1
                     else:
                         rec["fallbacks"] += 1
                         text = ps.chunk.text if p.fallback == "original" else ""
                     ps.chunk.text = text
-                    rec["tokens_out"] += count_tokens(self.tokenizer, text)
+                    rec["tokens_out"] += count(text)
                 rec["ratio"] = rec["tokens_out"] / rec["tokens_in"] if rec["tokens_in"] else 1.0
                 st.trace.setdefault("compression", {})[self.key] = rec
-                lc = st.trace.setdefault("llm_calls", {})
-                lc[self.key] = lc.get(self.key, 0) + calls
-                lt = st.trace.setdefault("llm_tokens", {})
-                lt[self.key] = lt.get(self.key, 0) + tokens
+                if error is not None:
+                    # A failed call must not pass for a fallback: the question fails, --resume retries it.
+                    record_error(st, self.key, error, spec=p.llm)
+                    calls -= 1  # record_error counted the failed call
+                record(st, self.key, spec=p.llm, calls=calls, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
                 out.append(st)
         return out
 
@@ -393,7 +350,12 @@ def _with_adapter(model: "torch.nn.Module", adapter_dir: Path) -> "torch.nn.Modu
         raise ImportError("compressor.color with an adapter needs peft: pip install 'longread[train]'") from e
     base = copy.deepcopy(model)
     try:
-        peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+        with warnings.catch_warnings():
+            # peft asks transformers 5.x for `is_gradient_checkpointing`, deprecated there: a
+            # FutureWarning on every load that the user can do nothing about (gradient checkpointing
+            # is off for inference anyway).
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"adapter {str(adapter_dir)!r} does not fit the compressor model: {e}") from e
     merged = peft_model.merge_and_unload()

@@ -1,14 +1,21 @@
 """Score a run: per-question rows and aggregate metrics (quality and cost).
 
-Per-question inputs come from :class:`~longread.types.Prediction` (``answer``, ``passage_ids``,
-``error``) and its ``trace``: ``passage_doc_ids`` (parallel to ``passage_ids``),
-``answer_in_passages`` (bool or None), ``timings`` {stage: seconds}, ``reader_tokens``, ``ttft_s``,
-``new_tokens``, ``llm_calls`` {stage: n}, ``llm_tokens`` {stage: n}, ``peak_rss_mb``.
+Per-question inputs come from :class:`~longread.types.Prediction`: ``answer``, ``passage_ids``,
+``citations``, ``error``, its typed ``usage`` records (cost; see :mod:`longread.eval.costs`, which
+also reads the trace cost keys of older run dirs) and its ``trace``: ``passage_doc_ids`` (parallel
+to ``passage_ids``), ``answer_in_passages`` (bool or None), ``peak_rss_mb``.
 
 Rules:
 
+- EM and F1 score the answer without its ``[n]`` citation markers (``cite`` style answers keep
+  them in ``answer``; an answer that is nothing but markers is scored as it is).
 - An errored prediction stays in every denominator: EM = F1 = 0, answer recall and retrieval
   recall 0, counted in ``n_errors``. Nothing is dropped.
+- Citations (runs where any answer cites): ``citation_precision`` is the share of a question's
+  citations whose passage text contains a gold answer (normalized), undefined for a question
+  without citations; ``citation_recall`` is the share of its ``gold_ids`` (chunk or document ids)
+  that some citation points at, 0 for a question (or error) without citations. Both are ``None``
+  in a run without citations.
 - A metric that cannot be computed for any question (no gold answers, no ``gold_ids``, no
   reader, no ``answer_in_passages``) is ``None`` (``null`` in JSON), never 0.
 - ``metric_style`` picks the answer metrics (:data:`~longread.eval.metrics.STYLE_METRICS`): every
@@ -28,7 +35,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from ..io import atomic_write_json
+from ..llm.prompts import strip_citations
 from ..types import Prediction, QAState, Question
+from .costs import CostError, question_costs
 from .metrics import METRIC_STYLES, STYLE_METRICS, MetricStyle, answer_in_texts, dedupe, ndcg_at_k, recall_at_k, score_answer
 
 __all__ = [
@@ -79,17 +88,6 @@ def _trace_number(pred: Prediction, key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise EvalError(f"prediction {pred.id!r}: trace[{key!r}] must be a number, got {value!r}")
     return float(value)
-
-
-def _trace_counts(pred: Prediction, key: str) -> dict[str, float]:
-    value = pred.trace.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
-    ):
-        raise EvalError(f"prediction {pred.id!r}: trace[{key!r}] must map stage names to numbers, got {value!r}")
-    return {str(k): float(v) for k, v in value.items()}
 
 
 def _check_k_values(k_values: Sequence[int]) -> tuple[int, ...]:
@@ -161,6 +159,7 @@ def score_predictions(
     # A run whose stages never returned a passage (a long-context reader alone) has no ranking:
     # recall@k and nDCG are null for it, not 0.
     retrieval_ran = any(p.passage_ids for _, p in pairs)
+    cites = any(p.citations for _, p in pairs)
     rows = []
     for q, p in pairs:
         failed = p.error is not None
@@ -174,7 +173,9 @@ def score_predictions(
         # EM/F1 and the style's other answer metrics: need gold answers; an error or missing
         # answer scores 0.
         if q.answers and (failed or reader_ran):
-            row.update(score_answer(None if failed else p.answer, q.answers, metric_style=metric_style))
+            # Citation markers are not answer words: "Paris [1]." is scored as "Paris.".
+            scored = None if failed or p.answer is None else (strip_citations(p.answer) or p.answer)
+            row.update(score_answer(scored, q.answers, metric_style=metric_style))
         else:
             row.update({m: None for m in ("em", "f1", *STYLE_METRICS[metric_style])})
         # Answer recall: did the retrieved passages contain a gold answer?
@@ -206,16 +207,27 @@ def score_predictions(
             for k in ks:
                 row[f"recall@{k}"] = None
             row[f"ndcg@{NDCG_K}"] = None
+        # Citations.
+        row["citations"] = len(p.citations)
+        row["citation_precision"] = row["citation_recall"] = None
+        if cites and p.citations and q.answers:
+            hits = sum(answer_in_texts(q.answers, [c.text]) for c in p.citations)
+            row["citation_precision"] = hits / len(p.citations)
+        if cites and q.gold_ids:
+            cited = {c.chunk_id for c in p.citations} | {c.doc_id for c in p.citations}
+            gold = dedupe(q.gold_ids)
+            row["citation_recall"] = sum(g in cited for g in gold) / len(gold)
         # Cost.
-        timings = _trace_counts(p, "timings")
-        row["timings"] = timings
-        row["seconds"] = sum(timings.values()) if timings else None
-        for key in ("reader_tokens", "ttft_s", "new_tokens", "peak_rss_mb"):
-            row[key] = _trace_number(p, key)
-        calls = _trace_counts(p, "llm_calls")
-        tokens = _trace_counts(p, "llm_tokens")
-        row["llm_calls"] = calls
-        row["llm_tokens"] = tokens
+        try:
+            cost = question_costs(p.usage, p.trace, f"prediction {p.id!r}")
+        except CostError as e:
+            raise EvalError(str(e)) from None
+        row["timings"] = cost.stage_seconds
+        row["seconds"] = sum(cost.stage_seconds.values()) if cost.stage_seconds else None
+        row["reader_tokens"], row["ttft_s"], row["new_tokens"] = cost.reader_tokens, cost.ttft_s, cost.new_tokens
+        row["peak_rss_mb"] = _trace_number(p, "peak_rss_mb")
+        row["llm_calls"] = cost.llm_calls
+        row["llm_tokens"] = cost.llm_tokens
         rows.append(row)
     return rows
 
@@ -240,6 +252,8 @@ def aggregate(rows: Sequence[dict[str, Any]], *, k_values: Sequence[int] = DEFAU
         out[f"recall@{k}"] = _mean(r.get(f"recall@{k}") for r in rows)
     out[f"ndcg@{NDCG_K}"] = _mean(r.get(f"ndcg@{NDCG_K}") for r in rows)
     out["n_with_gold_ids"] = sum(1 for r in rows if r.get(f"ndcg@{NDCG_K}") is not None)
+    out["citation_precision"] = _mean(r.get("citation_precision") for r in rows)
+    out["citation_recall"] = _mean(r.get("citation_recall") for r in rows)
     for key in ("reader_tokens", "ttft_s", "new_tokens"):
         out[f"{key}_mean"] = _mean(r[key] for r in rows)
     timed_rows = [r for r in rows if r["timings"]]
@@ -276,7 +290,8 @@ def evaluate(
     chunk_texts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run: ``n``, ``n_errors``, ``em``, ``f1``, ``answer_recall``, ``recall@k``,
-    ``ndcg@10``, ``reader_tokens_mean``, ``ttft_s_mean``, ``seconds_per_question``,
+    ``ndcg@10``, ``citation_precision``, ``citation_recall``, ``reader_tokens_mean``, ``ttft_s_mean``,
+    ``seconds_per_question``,
     ``stage_seconds``, ``llm_calls_mean``, ``peak_rss_mb`` and more; uncomputable ones are ``None``.
 
     ``predictions`` may be what :meth:`longread.Pipeline.answer` returns (``QAState`` objects).

@@ -69,6 +69,10 @@ ANSWER_METRICS: tuple[str, ...] = ("em", "f1", "rouge_l", "contains", "numeric")
 """Every per-question answer metric any style reports, in report order."""
 
 _PUNCT = frozenset(string.punctuation)
+# One regex deletes the same characters as a per-character filter, in C (and ~3x faster than
+# str.translate): normalising the retrieved passages of every question (Pipeline's
+# answer_in_passages) was most of BM25's per-question time through Pipeline.answer.
+_PUNCT_RE = re.compile(f"[{re.escape(string.punctuation)}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _HOTPOT_SPECIAL = frozenset({"yes", "no", "noanswer"})
 
@@ -86,7 +90,7 @@ def normalize_answer(text: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"answer must be a str, got {type(text).__name__}: {text!r}")
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _PUNCT_RE.sub("", text)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
@@ -148,7 +152,13 @@ def answer_in_texts(answers: Sequence[str], texts: Iterable[str]) -> bool:
     needles = [f" {n} " for n in (normalize_answer(a) for a in answers) if n]
     if not needles:
         return False
+    words = [n.split() for n in needles]
     for text in texts:
+        # Every normalised token is a substring of the lower-cased text without punctuation, so
+        # a needle with a word missing from that cannot match: skip the (slower) article regex.
+        rough = _PUNCT_RE.sub("", text.lower())
+        if not any(all(w in rough for w in ws) for ws in words):
+            continue
         hay = f" {normalize_answer(text)} "
         if any(n in hay for n in needles):
             return True

@@ -104,6 +104,8 @@ def render_report(
     quality = ["em", "f1", "answer_recall"]
     quality += sorted((k for k in metrics if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
     quality += [k for k in metrics if k.startswith("ndcg@")]
+    # Citation metrics only where the run cited (a short-answer run has no citations).
+    quality += [k for k in ("citation_precision", "citation_recall") if metrics.get(k) is not None]
     out += [f"| {k} | {fmt(metrics.get(k))} |" for k in quality]
     out.append("")
 

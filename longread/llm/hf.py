@@ -289,9 +289,22 @@ class HFBackend(Backend):
             from ..models.hub import ModelHub
 
             hub = ModelHub()
-        self.model, self.tokenizer = hub.causal_lm(spec.model, dtype=None if spec.dtype == "auto" else spec.dtype)
+        model, tokenizer = hub.causal_lm(spec.model, dtype=None if spec.dtype == "auto" else spec.dtype)
+        self._attach(model, tokenizer)
+
+    def _attach(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.device = next(self.model.parameters()).device
+
+    @classmethod
+    def from_loaded(cls, spec: LLMSpec, model: Any, tokenizer: Any) -> "HFBackend":
+        """A backend over an already loaded ``model`` and ``tokenizer`` (e.g. a model with a merged
+        LoRA adapter, which the hub's shared copy must not get)."""
+        self = cls.__new__(cls)
+        Backend.__init__(self, spec, None)
+        self._attach(model, tokenizer)
+        return self
 
     # -- tokens ----------------------------------------------------------------------------------
     def render(self, messages: list[dict[str, str]]) -> str:

@@ -19,28 +19,56 @@ DEFAULT_MODEL = "qwen2.5-0.5b-instruct"
 
 class LLMParams(Params):
     """``llm``: the model and backend (:class:`LLMSpec`). ``model: NAME`` in a config is shorthand
-    for ``llm: {backend: hf, model: NAME}``. Subclasses set ``needs`` (``logits``, ``kv``) and the
-    config is refused at load when the backend cannot give them."""
+    for ``llm: {backend: hf, model: NAME}``, and ``batch_size: N`` for ``llm.batch_size`` (prompts
+    per forward batch, ``hf`` only; ``default_batch_size`` is the stage's default). Subclasses set
+    ``needs`` (``logits``, ``kv``) and the config is refused at load, at field ``llm``, when the
+    backend cannot give them."""
 
     default_model: ClassVar[str] = DEFAULT_MODEL
+    default_batch_size: ClassVar[int | None] = None
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: The stage's registry key, for messages (``needs`` errors name it).
+    stage_key: ClassVar[str] = "this stage"
 
     llm: LLMSpec
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        return coerce_llm(data, cls.default_model)
+        if isinstance(data, dict) and isinstance(data.get("llm"), LLMSpec):
+            spec = data["llm"]
+            data = {**data, "llm": {**spec.model_dump(exclude_unset=True), "backend": spec.backend, "model": spec.model}}
+        data = coerce_llm(data, cls.default_model)
+        if isinstance(data, dict) and isinstance(data.get("llm"), dict):
+            data = _batch_size_into_llm(data, cls.default_batch_size)
+        return data
 
-    @model_validator(mode="after")
-    def _capabilities(self) -> "LLMParams":
-        check_capabilities(self.llm, self.needs, "this stage")
-        return self
+    @field_validator("llm")
+    @classmethod
+    def _capabilities(cls, v: LLMSpec) -> LLMSpec:
+        check_capabilities(v, cls.needs, cls.stage_key)
+        return v
 
     @property
     def model(self) -> str:
         """The model name (``llm.model``)."""
         return self.llm.model
+
+
+def _batch_size_into_llm(data: dict[str, Any], default: int | None) -> dict[str, Any]:
+    data = dict(data)
+    llm = dict(data["llm"])
+    if "batch_size" in data:
+        bs = data.pop("batch_size")
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs <= 0:
+            raise ValueError(f"batch_size must be > 0, got {bs!r}")
+        if "batch_size" in llm and llm["batch_size"] != bs:
+            raise ValueError(f"give the batch size once: batch_size={bs} and llm.batch_size={llm['batch_size']} disagree")
+        llm["batch_size"] = bs
+    elif default is not None and "batch_size" not in llm and llm.get("backend", "hf") == "hf":
+        llm["batch_size"] = default
+    data["llm"] = llm
+    return data
 
 
 class ReaderLLMParams(LLMParams):

@@ -12,7 +12,7 @@ from ..types import QAState, Usage
 from .spec import LLMSpec
 from .types import Generation
 
-__all__ = ["record", "record_generations"]
+__all__ = ["record", "record_generations", "record_error", "relabel"]
 
 
 def record(
@@ -56,3 +56,30 @@ def record_generations(
     if spec is not None:
         u.backend, u.model = spec.backend, spec.model
     return u
+
+
+def relabel(state: QAState, stage: str, to_stage: str, part: str | None) -> None:
+    """Move ``state``'s usage of ``stage`` (no part) to ``(to_stage, part)``, adding it to a record
+    that is already there.
+
+    A composite stage uses it for the stages it runs inside (``reader.route`` records its RAG
+    reader as part ``rag`` and its fallback as part ``fallback``), whichever reader those are.
+    """
+    src = next((u for u in state.usage if u.stage == stage and u.part is None), None)
+    if src is None:
+        return
+    state.usage.remove(src)
+    record(state, to_stage, part=part, calls=src.calls, prompt_tokens=src.prompt_tokens, new_tokens=src.new_tokens,
+           prefill_tokens=src.prefill_tokens, seconds=src.seconds, ttft_s=src.ttft_s)
+    dst = state.usage_for(to_stage, part)
+    if src.backend is not None:
+        dst.backend, dst.model = src.backend, src.model
+
+
+def record_error(state: QAState, stage: str, error: str | None, *, part: str | None = None,
+                 spec: LLMSpec | None = None) -> None:
+    """Record a failed call (a :class:`Generation` with ``finish_reason == "error"``) and mark
+    ``state`` failed with its ``error``: later stages skip it and its prediction carries the error
+    (``--resume`` retries it), while the rest of its batch goes on."""
+    record(state, stage, part=part, spec=spec, calls=1)
+    state.trace["error"] = f"{stage}: generation failed: {error or 'unknown error'}"

@@ -110,14 +110,14 @@ def _window_chunks(doc: Document, spans: np.ndarray, size: int, overlap: int) ->
     return out
 
 
-def _locate(text: str, piece: str, lo: int, min_end: int) -> tuple[int, int]:
+def _locate(text: str, piece: str, lo: int, min_end: int) -> tuple[int, int] | None:
     """Where the splitter took ``piece`` from: an occurrence starting at or after ``lo`` and ending
     after ``min_end`` (the previous chunk's end).
 
     A short piece can also occur inside the previous chunk (``"δέλταδέλ"`` then ``"τα"``), so the
     end bound matters; among occurrences that start no later than ``min_end`` (chunks are
     contiguous or overlap) the latest is taken, else the first after it. Whitespace may differ
-    from the document if it must.
+    from the document if it must. ``None``: the piece lies inside the previous chunk.
     """
     best = None
     i = text.find(piece, lo)
@@ -140,6 +140,10 @@ def _locate(text: str, piece: str, lo: int, min_end: int) -> tuple[int, int]:
             break
         found = m
     if found is None:
+        # The splitter's overlap can repeat the tail of the previous chunk as a chunk of its own
+        # ("... x1", then "x1"): it adds no text, so the caller drops it.
+        if text.find(piece, lo) >= 0 or pattern.search(text, lo):
+            return None
         raise ValueError(f"sentence splitter produced text not found in the document: {piece[:80]!r}")
     return found.start(), found.end()
 
@@ -150,7 +154,10 @@ def _sentence_chunks(doc: Document, splitter: Any) -> list[tuple[int, int]]:
     for piece in splitter.split_text(doc.text):
         if not piece.strip():
             continue
-        a, b = _locate(doc.text, piece, lo, prev_end)
+        span = _locate(doc.text, piece, lo, prev_end)
+        if span is None:
+            continue
+        a, b = span
         out.append((a, b))
         # The next chunk starts after this one's start (overlap makes it start before our end)
         # and ends after this one's end.

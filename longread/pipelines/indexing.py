@@ -536,9 +536,13 @@ class IndexBuild:
         store = ShardedStore(idx / STORE_DIR)
         ctx = self._ctx(store)
         runner = self._runner(ctx)
-        for job in self.jobs:
-            if job.name in manifest["parts"] and (idx / job.name).is_dir():
-                continue
+        todo = [job for job in self.jobs if not (job.name in manifest["parts"] and (idx / job.name).is_dir())]
+        # Every part's params are checked against the corpus before any part is built: an
+        # impossible dense index must not fail after the BM25 part took an hour.
+        for job in todo:
+            if isinstance(job.builder, ShardedBuilder) and job.builder.check is not None:
+                job.builder.check(ctx)
+        for job in todo:
             t0 = time.perf_counter()
             map_root = self.build_dir / "_map" / job.name
             with atomic_dir(idx / job.name) as tmp:

@@ -1,52 +1,29 @@
-"""Readers on Hugging Face causal LMs: ``reader.hf`` (RAG) and ``reader.long_context``.
+"""Readers on the generation layer: ``reader.hf`` (RAG) and ``reader.long_context``.
 
-Both render a short-answer prompt through the model's chat template, decode greedily in
-left-padded batches (:mod:`longread.readers.generate`) and set ``state.answer``. Trace keys:
-``reader_tokens`` (prompt tokens), ``ttft_s``, ``new_tokens``, ``reader_truncated`` and the
-per-stage counters ``llm_calls`` / ``llm_tokens`` (prompt + generated tokens).
+Both build the answer style's prompt (``prompt:``, see :mod:`longread.llm.prompts`) as one user
+message, which the backend renders with the model's chat template, generate in one batched call
+and set ``state.answer``. Budgets (``max_context_tokens``, the model window) are counted with the
+backend's tokenizer. Cost goes to the stage's :class:`~longread.types.Usage` record; the trace
+keeps ``raw_answer`` (the model's text before cleaning) and ``reader_truncated``. The ``cite``
+style (``reader.hf`` only) turns the answer's ``[n]`` markers into ``state.citations``.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from ..llm import GenRequest, load_backend
+from ..llm.params import ReaderLLMParams
+from ..llm.prompts import clean, clean_answer, parse_citations
+from ..llm.usage import record_error, record_generations
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
-from ..types import QAState
-from .generate import chat_prompts, generate
+from ..types import Citation, Passage, QAState
 
-__all__ = ["HFReader", "LongContextReader", "clean_answer", "head_tail", "RAG_INSTRUCTION", "LONG_INSTRUCTION"]
-
-RAG_INSTRUCTION = (
-    "Answer the question using the passages below. Reply with only the answer, as a short phrase "
-    "of a few words, with no explanation."
-)
-LONG_INSTRUCTION = (
-    "Answer the question using the document below. Reply with only the answer, as a short phrase "
-    "of a few words, with no explanation."
-)
-
-_PREFIX = re.compile(r"^\s*(final answer|answer)\s*[:\-]\s*", re.IGNORECASE)
-
-
-def clean_answer(text: str) -> str:
-    """Normalise a generated answer for output: first non-empty line, no "Answer:" prefix,
-    no wrapping quotes, and no trailing period unless it ends an abbreviation ("U.S.")."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    ans = _PREFIX.sub("", lines[0]).strip()
-    if len(ans) >= 2 and ans[0] == ans[-1] and ans[0] in "\"'":
-        ans = ans[1:-1].strip()
-    if ans.endswith(".") and not ans.endswith(".."):
-        last = ans.rsplit(maxsplit=1)[-1][:-1]
-        # "U.S." / "a.m." keep their final dot; "Zorbatown." and "3.5." lose it.
-        if "." not in last or re.fullmatch(r"[\d.,]+", last):
-            ans = ans[:-1].rstrip()
-    return ans
+__all__ = ["HFReader", "LongContextReader", "clean_answer", "head_tail"]
 
 
 def head_tail(ids: list[int], budget: int) -> list[int]:
@@ -60,25 +37,8 @@ def head_tail(ids: list[int], budget: int) -> list[int]:
     return ids[:head] + ids[len(ids) - tail :]
 
 
-class _ReaderParams(Params):
-    model: str = Field(default="qwen2.5-0.5b-instruct", description="model name, pack or local directory")
-    max_new_tokens: int = Field(default=32, description="greedy decoding limit per answer")
+class _ReaderParams(ReaderLLMParams):
     max_context_tokens: int = Field(default=2048, description="token budget for the passages / document")
-    batch_size: int = Field(default=4, description="prompts per generation batch")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError(f"model must be a non-empty name, got {v!r}")
-        return v
-
-    @field_validator("max_new_tokens")
-    @classmethod
-    def _mnt(cls, v: int) -> int:
-        if not 1 <= v <= 4096:
-            raise ValueError(f"max_new_tokens must be in 1..4096, got {v}")
-        return v
 
     @field_validator("max_context_tokens")
     @classmethod
@@ -87,84 +47,89 @@ class _ReaderParams(Params):
             raise ValueError(f"max_context_tokens must be >= 16, got {v}")
         return v
 
-    @field_validator("batch_size")
-    @classmethod
-    def _bs(cls, v: int) -> int:
-        if not 1 <= v <= 1024:
-            raise ValueError(f"batch_size must be in 1..1024, got {v}")
-        return v
+
+@dataclass
+class _Context:
+    text: str
+    truncated: bool
+    shown: list[Passage] = field(default_factory=list)  # passages in prompt order: [1], [2], ...
 
 
 class _BaseReader(Stage):
-    """Shared loading, budgeting, generation and trace bookkeeping."""
+    """Shared loading, budgeting, generation and usage bookkeeping."""
 
-    instruction: ClassVar[str] = RAG_INSTRUCTION
+    #: What the prompt calls its context ("passages" / "document").
+    source: ClassVar[str] = "passages"
+    #: A sentence added to the style's instruction (``reader.route``'s "unanswerable" clause).
+    extra_instruction: str = ""
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
-        self.model = None
-        self.tokenizer = None
+        self.backend = None
+        self.store = None
 
     def setup(self, ctx: RunContext) -> None:
-        """Load the model and tokenizer through ``ctx.models`` (once per hub)."""
-        self.model, self.tokenizer = ctx.models.causal_lm(self.params.model)
-        self.ctx = ctx
+        """Load the backend through ``ctx`` (stages naming the same ``llm`` share it)."""
+        self.backend = load_backend(self.params.llm, ctx)
+        self.store = ctx.store
 
     def _require_setup(self) -> None:
-        if self.model is None:
+        if self.backend is None:
             raise RuntimeError(f"{self.key}: call setup(ctx) before answering")
 
     def _ids(self, text: str) -> list[int]:
-        # verbose=False: documents longer than the model window are expected here (we cut them).
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return self.backend.encode(text)
 
-    def _window(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 2048))
-
-    def _message(self, context: str, question: str) -> list[dict]:
-        return [{"role": "user", "content": f"{self.instruction}\n\n{context}\n\nQuestion: {question}\nAnswer:"}]
+    def _messages(self, context: str, question: str) -> list[dict[str, str]]:
+        text = self.params.prompt_spec.message(context, question, source=self.source, extra=self.extra_instruction)
+        return [{"role": "user", "content": text}]
 
     def _budget(self, question: str) -> int:
         """Context tokens allowed: the param, capped so prompt + answer fit the model window."""
-        overhead = len(self._ids(chat_prompts(self.tokenizer, [self._message("", question)])[0]))
-        return max(0, min(self.params.max_context_tokens, self._window() - overhead - self.params.max_new_tokens))
+        overhead = self.backend.count_tokens(self.backend.render(self._messages("", question)))
+        p = self.params
+        return max(0, min(p.max_context_tokens, self.backend.window - overhead - p.answer_tokens))
 
-    def _context(self, state: QAState) -> tuple[str, bool]:  # pragma: no cover - abstract
+    def _context(self, state: QAState) -> _Context:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _citations(self, answer: str, shown: list[Passage]) -> list[Citation]:
+        out = []
+        for n in parse_citations(answer, len(shown)):
+            c = shown[n - 1].chunk
+            doc = self.store.documents.get(c.doc_id) if self.store is not None else None
+            source = doc.meta.get("source") if doc is not None else None
+            out.append(Citation(n=n, doc_id=c.doc_id, chunk_id=c.id, source=source if isinstance(source, str) else None,
+                                start=c.start, end=c.end, text=c.text))
+        return out
+
     def __call__(self, batch: list[QAState]) -> list[QAState]:
-        """Answer each state in the batch; sets ``answer`` and the reader trace keys."""
+        """Answer each state in the batch: sets ``answer`` (and ``citations`` for ``cite``)."""
         self._require_setup()
+        p = self.params
+        spec = p.prompt_spec
         with timed(batch, self.key):
             contexts = [self._context(s) for s in batch]
-            convs = [self._message(c, s.question.question) for (c, _), s in zip(contexts, batch)]
-            prompts = chat_prompts(self.tokenizer, convs)
-            gens = generate(
-                self.model,
-                self.tokenizer,
-                prompts,
-                max_new_tokens=self.params.max_new_tokens,
-                batch_size=self.params.batch_size,
-            )
-        for s, (ctx_text, truncated), g in zip(batch, contexts, gens):
-            s.context = ctx_text
-            s.answer = clean_answer(g.text)
-            t = s.trace
-            t["raw_answer"] = g.text
-            t["reader_tokens"] = t.get("reader_tokens", 0) + g.prompt_tokens
-            t["ttft_s"] = g.ttft_s
-            t["new_tokens"] = t.get("new_tokens", 0) + g.new_tokens
-            t["reader_truncated"] = truncated
-            calls = t.setdefault("llm_calls", {})
-            calls[self.key] = calls.get(self.key, 0) + 1
-            toks = t.setdefault("llm_tokens", {})
-            toks[self.key] = toks.get(self.key, 0) + g.prompt_tokens + g.new_tokens
+            reqs = [GenRequest(messages=self._messages(c.text, s.question.question), max_new_tokens=p.answer_tokens)
+                    for c, s in zip(contexts, batch)]
+            gens = self.backend.generate(reqs)
+        for s, c, g in zip(batch, contexts, gens):
+            s.context = c.text
+            s.trace["reader_truncated"] = c.truncated
+            if g.finish_reason == "error":
+                record_error(s, self.key, g.error, spec=p.llm)
+                continue
+            record_generations(s, self.key, [g], spec=p.llm)
+            s.trace["raw_answer"] = g.text
+            s.answer = clean(g.text, spec.cleaner)
+            s.citations = self._citations(s.answer, c.shown) if spec.cites else []
         return batch
 
 
 class HFReaderParams(_ReaderParams):
-    """Params of ``reader.hf``: model, decoding limit, passage count and token budget, batch size."""
+    """Params of ``reader.hf``: ``llm`` (or ``model``), ``prompt`` (answer style or template),
+    ``max_new_tokens`` (default: the style's), ``max_passages`` and the ``max_context_tokens``
+    budget; ``batch_size`` is shorthand for ``llm.batch_size``."""
 
     max_passages: int = Field(default=5, description="use at most this many passages, best first")
 
@@ -178,7 +143,7 @@ class HFReaderParams(_ReaderParams):
 
 @register
 class HFReader(_BaseReader):
-    """RAG reader: numbered passages (best first) + question → short answer.
+    """RAG reader: numbered passages ``[1]..[n]`` (best first) + question → answer in the chosen style.
 
     Passages are added in order until ``max_context_tokens`` (capped by the model window) is
     spent; the passage that overflows is cut in token space and later ones are dropped, and
@@ -188,9 +153,10 @@ class HFReader(_BaseReader):
     key: ClassVar[str] = "reader.hf"
     Params: ClassVar[type[Params]] = HFReaderParams
 
-    def _context(self, state: QAState) -> tuple[str, bool]:
+    def _context(self, state: QAState) -> _Context:
         budget = self._budget(state.question.question)
         parts: list[str] = []
+        shown: list[Passage] = []
         truncated = False
         for n, p in enumerate(state.passages[: self.params.max_passages], start=1):
             label = f"[{n}] "
@@ -198,26 +164,37 @@ class HFReader(_BaseReader):
             need = len(self._ids(f"{label}{text}\n\n"))
             if need <= budget:
                 parts.append(f"{label}{text}")
+                shown.append(p)
                 budget -= need
                 continue
             truncated = True
             room = budget - len(self._ids(f"{label}\n\n"))
             if room >= 8:  # a few tokens of a passage would only add noise
-                parts.append(label + self.tokenizer.decode(self._ids(text)[:room]))
+                parts.append(label + self.backend.decode(self._ids(text)[:room]))
+                shown.append(p)
             break
         context = "\n\n".join(parts) if parts else "(no passages)"
-        return context, truncated
+        return _Context(context, truncated, shown)
 
 
 class LongContextParams(_ReaderParams):
-    """Params of ``reader.long_context``: the model reads whole documents, head+tail truncated."""
+    """Params of ``reader.long_context``: the model reads whole documents, head+tail truncated.
+    ``prompt`` is any style but ``cite`` (there are no numbered passages to cite)."""
 
     max_context_tokens: int = Field(default=4096, description="token budget for the document(s)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_cite(cls, v: str) -> str:
+        if v == "cite":
+            raise ValueError("reader.long_context reads whole documents, not numbered passages, so it cannot "
+                             "'cite'; use short, span, free or a template")
+        return v
 
 
 @register
 class LongContextReader(_BaseReader):
-    """Long-context reader: the question's whole document(s) + question → short answer.
+    """Long-context reader: the question's whole document(s) + question → answer in the chosen style.
 
     The documents are ``question.doc_ids`` from the indexed corpus, joined in order. When they
     exceed the budget (``max_context_tokens``, capped by the model window) the middle is cut
@@ -226,14 +203,15 @@ class LongContextReader(_BaseReader):
 
     key: ClassVar[str] = "reader.long_context"
     Params: ClassVar[type[Params]] = LongContextParams
-    instruction: ClassVar[str] = LONG_INSTRUCTION
+    source: ClassVar[str] = "document"
 
     def setup(self, ctx: RunContext) -> None:
-        """Load the model, and check that the corpus is open."""
+        """Load the backend, and check that the corpus is open."""
+        store = ctx.require_store()
         super().setup(ctx)
-        self.store = ctx.require_store()
+        self.store = store
 
-    def _context(self, state: QAState) -> tuple[str, bool]:
+    def _context(self, state: QAState) -> _Context:
         q = state.question
         if not q.doc_ids:
             raise ValueError(f"{self.key}: question {q.id!r} has no doc_ids; the long-context reader needs its document(s)")
@@ -247,5 +225,5 @@ class LongContextReader(_BaseReader):
         budget = self._budget(q.question)
         ids = self._ids(text)
         if len(ids) <= budget:
-            return text, False
-        return self.tokenizer.decode(head_tail(ids, budget)), True
+            return _Context(text, False)
+        return _Context(self.backend.decode(head_tail(ids, budget)), True)

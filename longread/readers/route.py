@@ -1,11 +1,13 @@
 """``reader.route``: answer with RAG first; fall back to a long-context reader only when the RAG
 reader says the passages do not answer the question (Self-Route, Li et al. 2024).
 
-The RAG step is ``reader.hf`` with one change to its instruction: it may reply ``unanswerable``.
-Questions whose answer is that marker (or empty) go to the fallback reader (``reader.long_context``
-or ``reader.retrolm``), which sees the whole document. ``trace["route"]`` records ``rag`` or
-``fallback`` per question, and ``reader_tokens`` adds both steps' prompt tokens so that the cost a
-route saves is measured, not assumed.
+The RAG step is ``reader.hf`` in its chosen answer style (``rag.prompt``) with one sentence added
+to the instruction: if the passages do not contain the answer, reply ``unanswerable`` (a template
+must say so itself). Questions whose answer contains the ``marker`` (or is empty) go to the fallback
+reader (``reader.long_context``, ``reader.retrolm`` or ``reader.refrag``), which sees the whole
+document. ``trace["route"]`` records ``rag`` or ``fallback`` per question (and ``rag_answer`` what RAG
+said before falling back); cost is recorded as this stage's usage parts ``rag`` and ``fallback``, so
+the tokens a route saves are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -15,50 +17,58 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from .. import registry
+from ..llm.prompts import UNANSWERABLE, resolve_prompt
+from ..llm.usage import relabel
 from ..registry import register
 from ..stage import Params, RunContext, Stage
 from ..types import QAState
 from .hf import HFReader
 
-__all__ = ["RouteReader", "needs_fallback", "SELF_ROUTE_INSTRUCTION"]
+__all__ = ["RouteReader", "needs_fallback", "SELF_ROUTE_CLAUSE"]
 
-SELF_ROUTE_INSTRUCTION = (
-    "Answer the question using the passages below. Reply with only the answer, as a short phrase of a few words, "
-    "with no explanation. If the passages do not contain the answer, reply exactly: unanswerable"
-)
+SELF_ROUTE_CLAUSE = f"If the passages do not contain the answer, reply exactly: {UNANSWERABLE}"
+"""The sentence Self-Route adds to the RAG step's instruction."""
 
 
-def needs_fallback(answer: str | None, marker: str = "unanswerable") -> bool:
+def needs_fallback(answer: str | None, marker: str = UNANSWERABLE) -> bool:
     """True when a RAG answer is empty or declares itself unanswerable (case-insensitive)."""
     text = (answer or "").strip().lower()
     return not text or marker.lower() in text
 
 
 class _SelfRouteRAG(HFReader):
-    """``reader.hf`` with the Self-Route instruction (not registered: used inside ``reader.route``)."""
+    """``reader.hf`` with the Self-Route clause (not registered: used inside ``reader.route``)."""
 
-    instruction: ClassVar[str] = SELF_ROUTE_INSTRUCTION
+    extra_instruction = SELF_ROUTE_CLAUSE
 
 
 class RouteParams(Params):
     """Params of ``reader.route``.
 
-    ``rag``: params of the RAG step (``reader.hf``'s). ``fallback``: the reader key for the
-    fallback and ``fallback_params`` its params. ``when``: ``unanswerable`` (Self-Route),
-    ``always`` (every question takes the fallback) or ``never`` (pure RAG) for ablations.
+    ``rag``: params of the RAG step (``reader.hf``'s, ``prompt`` included; a template must tell
+    the model to reply ``unanswerable`` itself). ``fallback``: the reader key for the fallback and
+    ``fallback_params`` its params. ``when``: ``unanswerable`` (Self-Route), ``always`` (every
+    question takes the fallback) or ``never`` (pure RAG) for ablations. ``marker``: the text in a
+    RAG answer that sends its question to the fallback.
     """
 
     rag: dict[str, Any] = Field(default_factory=dict)
     fallback: Literal["reader.long_context", "reader.retrolm", "reader.refrag"] = "reader.long_context"
     fallback_params: dict[str, Any] = Field(default_factory=dict)
     when: Literal["unanswerable", "always", "never"] = "unanswerable"
-    marker: str = Field(default="unanswerable", min_length=1)
+    marker: str = Field(default=UNANSWERABLE, min_length=1)
 
     @model_validator(mode="after")
     def _check_children(self) -> "RouteParams":
         # Validate the nested params now, so a config error surfaces before any model loads.
-        HFReader.Params.model_validate(self.rag)
+        rag = HFReader.Params.model_validate(self.rag)
         registry.get(self.fallback).Params.model_validate(self.fallback_params)
+        template = resolve_prompt(rag.prompt).template
+        if template is not None and self.when == "unanswerable" and self.marker.lower() not in template.lower():
+            raise ValueError(
+                f"rag.prompt is a template, so Self-Route cannot add its clause to it: the template must tell the model "
+                f"to reply {self.marker!r} when the passages do not answer (e.g. {SELF_ROUTE_CLAUSE!r})"
+            )
         return self
 
 
@@ -73,6 +83,8 @@ class RouteReader(Stage):
         super().__init__(params)
         p: RouteParams = self.params  # type: ignore[assignment]
         self.rag = _SelfRouteRAG(HFReader.Params.model_validate(p.rag))
+        if self.rag.params.prompt_spec.template is not None:
+            self.rag.extra_instruction = ""  # a template carries its own clause (checked in RouteParams)
         cls = registry.get(p.fallback)
         self.fallback = cls(cls.Params.model_validate(p.fallback_params))
 
@@ -88,22 +100,25 @@ class RouteReader(Stage):
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         """Answer with RAG, then re-answer with the fallback the questions it could not answer."""
         p: RouteParams = self.params  # type: ignore[assignment]
+        batch = list(batch)
         if p.when == "always":
             todo = list(batch)
         else:
             batch = self.rag(batch)
-            todo = [s for s in batch if p.when == "unanswerable" and needs_fallback(s.answer, p.marker)]
+            for s in batch:
+                relabel(s, self.rag.key, self.key, "rag")
+            # A question whose RAG call failed carries its error; it does not fall back.
+            todo = [s for s in batch if p.when == "unanswerable" and "error" not in s.trace and needs_fallback(s.answer, p.marker)]
         for s in batch:
             s.trace["route"] = "rag"
         if todo:
-            rag_tokens = {}
             for s in todo:
                 s.trace["route"] = "fallback"
                 s.trace["rag_answer"] = s.answer
-                # Readers either add to or set reader_tokens; start the fallback from 0 and add RAG's back.
-                rag_tokens[id(s)] = s.trace.pop("reader_tokens", 0)
-            self.fallback(todo)
-            for s in todo:
-                s.trace["route_rag_tokens"] = rag_tokens[id(s)]
-                s.trace["reader_tokens"] = s.trace.get("reader_tokens", 0) + rag_tokens[id(s)]
+                s.citations = []
+            done = self.fallback(todo)
+            at = {id(s): i for i, s in enumerate(batch)}
+            for old, s in zip(todo, done):
+                relabel(s, self.fallback.key, self.key, "fallback")
+                batch[at[id(old)]] = s
         return batch

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..types import Chunk, Passage
 
-__all__ = ["slug", "part_name", "top_k", "make_passages", "Hits"]
+__all__ = ["slug", "part_name", "top_k", "select_top_k", "make_passages", "Hits"]
 
 Hits = tuple[np.ndarray, np.ndarray]
 """``(positions, scores)`` of one query, best first: chunk positions (int64) and scores (float64)."""
@@ -36,10 +36,21 @@ def top_k(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> H
     Ties break by position (lower first), so results never depend on sort stability.
     Returns ``(positions, scores)`` best first; fewer than ``k`` when there are fewer entries.
     """
-    if k <= 0:
+    if candidates is None:
+        return select_top_k(np.arange(len(scores), dtype=np.int64), np.asarray(scores, dtype=np.float64), k)
+    pos = np.asarray(candidates, dtype=np.int64)
+    return select_top_k(pos, np.asarray(scores, dtype=np.float64)[pos], k)
+
+
+def select_top_k(positions: np.ndarray, values: np.ndarray, k: int) -> Hits:
+    """The ``k`` best of ``values`` (one per entry of ``positions``, any order), ties by position.
+
+    Returns ``(positions, scores)`` best first as int64/float64; fewer than ``k`` when there are fewer.
+    """
+    if k <= 0 or len(positions) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    pos = np.arange(len(scores), dtype=np.int64) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    vals = np.asarray(scores, dtype=np.float64) if candidates is None else np.asarray(scores, dtype=np.float64)[pos]
+    pos = np.asarray(positions, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.float64)
     if k < len(pos):
         # Keep everything tied with the k-th best so the position tie-break sees all of them.
         kth = np.partition(vals, len(vals) - k)[len(vals) - k]

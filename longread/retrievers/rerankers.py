@@ -7,14 +7,17 @@
   passages moved back to front by ``stride``, so strong passages bubble to the top.
 - ``reranker.first`` — FIRST (Reddy et al. 2024): one forward pass over the listwise prompt,
   passages ranked by the logit of their identifier as the first generated token. Needs
-  identifiers that are single tokens (letters here), checked against the tokenizer.
+  identifiers that are single tokens (letters here), checked with the backend's tokenizer.
 - ``reranker.pointwise`` — one forward pass per passage; score = logit("Yes") - logit("No")
   for "does this passage answer the query?".
 
-Listwise output is parsed leniently: ids out of range and repeats are dropped, passages the
-model left out follow the ranked ones in their retrieval order. ``trace["rerank_incomplete"]``
-says whether the model's ranking missed any passage; ``trace["rerank_counts"][key]`` has the
-counts. LLM use is counted in ``trace["llm_calls"][key]`` and ``trace["llm_tokens"][key]``.
+All four talk to a model through the generation layer (``llm:``, see :mod:`longread.llm`); the
+two logit rankers need a backend with next-token logits (``hf`` or ``llamacpp``), which the
+config check enforces. Listwise output is parsed leniently: ids out of range and repeats are
+dropped, passages the model left out follow the ranked ones in their retrieval order.
+``trace["rerank_incomplete"]`` says whether the model's ranking missed any passage;
+``trace["rerank_counts"][key]`` has the counts. LLM calls and tokens go to the stage's
+:class:`~longread.types.Usage` record.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pydantic import field_validator, model_validator
 
+from ..llm import GenRequest, load_backend
+from ..llm.params import LLMParams
+from ..llm.usage import record, record_error
 from ..registry import register
-from ..stage import Params, RunContext, Stage, timed
+from ..stage import RunContext, Stage, timed
 from ..types import Passage, QAState
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    from ..llm import Backend
 
 __all__ = [
     "RankParse",
@@ -46,13 +52,13 @@ __all__ = [
     "OverlapRanker",
     "LLMListwiseRanker",
     "letter_ids",
+    "single_token_ids",
     "FullRankReranker",
     "SlidingWindowReranker",
     "FirstReranker",
     "PointwiseReranker",
 ]
 
-DEFAULT_MODEL = "qwen2.5-0.5b-instruct"
 SYSTEM_MESSAGE = "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
 
 # ---------------------------------------------------------------------------------------
@@ -177,12 +183,14 @@ def parse_ranking(text: str, n: int, ids: Sequence[str] | None = None) -> RankPa
 
 @dataclass
 class ListwiseResult:
-    """One ranked window: the parse plus what the LLM call cost."""
+    """One ranked window: the parse plus what the LLM call cost; ``error`` when the call failed
+    (the parse then keeps the window's order)."""
 
     parse: RankParse
     prompt_tokens: int = 0
     new_tokens: int = 0
     text: str = ""
+    error: str | None = None
 
 
 ListwiseRanker = Callable[[list[tuple[str, list[str]]]], list[ListwiseResult]]
@@ -244,6 +252,7 @@ class SlidingResult:
     repeated: int = 0
     prompt_tokens: int = 0
     new_tokens: int = 0
+    error: str | None = None
 
 
 def sliding_window_rank(
@@ -280,30 +289,27 @@ def sliding_window_rank(
             r.repeated += res.parse.repeated
             r.prompt_tokens += res.prompt_tokens
             r.new_tokens += res.new_tokens
+            r.error = r.error or res.error
     return results
 
 
 class LLMListwiseRanker:
-    """Listwise ranking by greedy generation with a chat LLM (the RankGPT prompt).
+    """Listwise ranking by generation with a chat LLM (the RankGPT prompt) on a loaded backend.
 
-    Takes a loaded ``(model, tokenizer)``; ``max_new_tokens=None`` sizes the answer for the
-    window (the token count of ``[1] > [2] > ... > [n]`` plus a small margin).
+    ``max_new_tokens=None`` sizes each answer for its window (the token count of
+    ``[1] > [2] > ... > [n]`` plus a small margin). All windows of a call go in one batch.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, word_budget: int, max_new_tokens: int | None, batch_size: int):
-        self.model = model
-        self.tokenizer = tokenizer
+    def __init__(self, backend: "Backend", *, word_budget: int, max_new_tokens: int | None):
+        self.backend = backend
         self.word_budget = word_budget
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
 
     def answer_tokens(self, n: int) -> int:
         """Tokens needed to write a full ranking of ``n`` passages (+4 for end of turn)."""
-        return len(self.tokenizer.encode(ranking_text(range(n)), add_special_tokens=False)) + 4
+        return self.backend.count_tokens(ranking_text(range(n))) + 4
 
     def __call__(self, windows: list[tuple[str, list[str]]]) -> list[ListwiseResult]:
-        from ..readers.generate import chat_prompts, generate
-
         out: list[ListwiseResult | None] = [None] * len(windows)
         todo = []
         for k, (q, texts) in enumerate(windows):
@@ -311,17 +317,17 @@ class LLMListwiseRanker:
                 out[k] = ListwiseResult(RankParse(list(range(len(texts))), len(texts), 0, 0, 0))
             else:
                 todo.append(k)
-        # Windows of similar size share a batch and a max_new_tokens.
-        by_len: dict[int, list[int]] = {}
-        for k in todo:
-            by_len.setdefault(len(windows[k][1]), []).append(k)
-        for n, ks in sorted(by_len.items()):
-            convs = [listwise_messages(windows[k][0], windows[k][1], word_budget=self.word_budget) for k in ks]
-            prompts = chat_prompts(self.tokenizer, convs)
-            mnt = self.max_new_tokens or self.answer_tokens(n)
-            gens = generate(self.model, self.tokenizer, prompts, max_new_tokens=mnt, batch_size=self.batch_size)
-            for k, g in zip(ks, gens):
-                out[k] = ListwiseResult(parse_ranking(g.text, n), g.prompt_tokens, g.new_tokens, g.text)
+        reqs = [
+            GenRequest(
+                messages=listwise_messages(windows[k][0], windows[k][1], word_budget=self.word_budget),
+                max_new_tokens=self.max_new_tokens or self.answer_tokens(len(windows[k][1])),
+            )
+            for k in todo
+        ]
+        for k, g in zip(todo, self.backend.generate(reqs) if reqs else []):
+            n = len(windows[k][1])
+            err = (g.error or "generation failed") if g.finish_reason == "error" else None
+            out[k] = ListwiseResult(parse_ranking(g.text, n), g.prompt_tokens, g.new_tokens, g.text, err)
         return [o for o in out if o is not None]
 
 
@@ -330,19 +336,18 @@ class LLMListwiseRanker:
 # ---------------------------------------------------------------------------------------
 
 
-class _RerankParams(Params):
-    """Shared params: ``model`` (hub name or local dir), ``top_n`` candidates to rerank (the
-    rest follow in retrieval order), ``word_budget`` words per passage, ``batch_size`` prompts
-    per forward/generate batch, ``keep`` passages kept after reranking (None: all)."""
+class _RerankParams(LLMParams):
+    """Shared params: ``llm`` (or ``model``: hub name or local dir), ``top_n`` candidates to rerank
+    (the rest follow in retrieval order), ``word_budget`` words per passage, ``keep`` passages kept
+    after reranking (None: all); ``batch_size`` is shorthand for ``llm.batch_size`` (prompts per
+    forward batch, ``hf``)."""
 
-    model: str = DEFAULT_MODEL
     top_n: int = 20
     word_budget: int = 100
-    batch_size: int = 4
     keep: int | None = None
 
     # check_fields=False: the same checks cover the window/stride/max_new_tokens fields subclasses add.
-    @field_validator("top_n", "word_budget", "batch_size", "window", "stride", check_fields=False)
+    @field_validator("top_n", "word_budget", "window", "stride", check_fields=False)
     @classmethod
     def _positive(cls, v: int, info: Any) -> int:
         if v <= 0:
@@ -355,19 +360,6 @@ class _RerankParams(Params):
         if v is not None and v <= 0:
             raise ValueError(f"{info.field_name} must be > 0 or null, got {v}")
         return v
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model must be a non-empty model name or path, got ''")
-        return v
-
-
-def _bump(state: QAState, key: str, calls: int, tokens: int) -> None:
-    for name, val in (("llm_calls", calls), ("llm_tokens", tokens)):
-        d = state.trace.setdefault(name, {})
-        d[key] = d.get(key, 0) + val
 
 
 def _apply_order(state: QAState, key: str, order: list[int], n_ranked: int, keep: int | None) -> None:
@@ -398,15 +390,22 @@ def _record(state: QAState, key: str, n: int, ranked: int, missing: int, oor: in
 
 
 class _LLMStage(Stage):
-    """Loads ``params.model`` from the hub in ``setup``."""
+    """Loads ``params.llm``'s backend in ``setup``."""
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.backend: "Backend | None" = None
 
     def setup(self, ctx: RunContext) -> None:
-        """Load the causal LM and tokenizer once (``ctx.models.causal_lm``)."""
-        self.model, self.tokenizer = ctx.models.causal_lm(self.params.model)
+        """Load the backend once per worker (``longread.llm.load_backend``)."""
+        self.backend = load_backend(self.params.llm, ctx)
 
     def _require_setup(self) -> None:
-        if not hasattr(self, "model"):
+        if self.backend is None:
             raise RuntimeError(f"{self.key}: call setup(ctx) before running the stage")
+
+    def _usage(self, state: QAState, calls: int, prompt_tokens: int = 0, new_tokens: int = 0) -> None:
+        record(state, self.key, spec=self.params.llm, calls=calls, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
 
 
 class _ListwiseStage(_LLMStage):
@@ -414,9 +413,7 @@ class _ListwiseStage(_LLMStage):
         """The LLM listwise ranker this stage uses (after ``setup``)."""
         self._require_setup()
         p = self.params
-        return LLMListwiseRanker(
-            self.model, self.tokenizer, word_budget=p.word_budget, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size
-        )
+        return LLMListwiseRanker(self.backend, word_budget=p.word_budget, max_new_tokens=p.max_new_tokens)
 
 
 @register
@@ -439,9 +436,11 @@ class FullRankReranker(_ListwiseStage):
             results = ranker(items)
             for s, (_, texts), r in zip(batch, items, results):
                 n = len(texts)
+                if r.error is not None:
+                    record_error(s, self.key, r.error, spec=self.params.llm)
+                    continue
                 _apply_order(s, self.key, r.parse.order, n, self.params.keep)
-                called = n > 1
-                _bump(s, self.key, int(called), r.prompt_tokens + r.new_tokens)
+                self._usage(s, int(n > 1), r.prompt_tokens, r.new_tokens)
                 pr = r.parse
                 _record(s, self.key, n, pr.ranked, pr.missing, pr.out_of_range, pr.repeated, pr.incomplete)
         return batch
@@ -475,9 +474,11 @@ class SlidingWindowReranker(_ListwiseStage):
             results = sliding_window_rank(items, ranker, window=self.params.window, stride=self.params.stride)
             for s, (_, texts), r in zip(batch, items, results):
                 n = len(texts)
+                if r.error is not None:
+                    record_error(s, self.key, r.error, spec=self.params.llm)
+                    continue
                 _apply_order(s, self.key, r.order, n, self.params.keep)
-                calls = r.windows if n > 1 else 0
-                _bump(s, self.key, calls, r.prompt_tokens + r.new_tokens)
+                self._usage(s, r.windows if n > 1 else 0, r.prompt_tokens, r.new_tokens)
                 _record(s, self.key, n, r.ranked, r.missing, r.out_of_range, r.repeated, r.incomplete)
         return batch
 
@@ -496,19 +497,21 @@ def letter_ids(n: int) -> list[str]:
     return _LETTERS[:n]
 
 
-def single_token_ids(tokenizer: Any, ids: Sequence[str]) -> tuple[list[int], str]:
+def single_token_ids(encode: Callable[[str], list[int]], ids: Sequence[str]) -> tuple[list[int], str]:
     """The token that starts each identifier's answer, and the text to prefill before it.
 
-    Byte-level BPE tokenizers differ: some split ``"[A"`` into ``"["`` + ``"A"`` (then the
-    answer is prefilled with ``"["`` and the identifier token is ``"A"``), others (Qwen2) merge
-    it into one token ``"[A"`` (then nothing is prefilled and that token is the identifier).
+    ``encode`` is the backend's tokenizer (text -> ids without special tokens,
+    :meth:`longread.llm.Backend.encode`), so this works for any backend with logits. Byte-level
+    BPE tokenizers differ: some split ``"[A"`` into ``"["`` + ``"A"`` (then the answer is
+    prefilled with ``"["`` and the identifier token is ``"A"``), others (Qwen2) merge it into one
+    token ``"[A"`` (then nothing is prefilled and that token is the identifier).
     Returns ``(token_ids, prefill)``. Raises ``ValueError`` when an identifier takes more than
     one token either way, when identifiers mix the two forms, or when two share a token.
     """
-    base = tokenizer.encode("[", add_special_tokens=False)
+    base = list(encode("["))
     out, forms = [], set()
     for s in ids:
-        toks = tokenizer.encode("[" + s, add_special_tokens=False)
+        toks = list(encode("[" + s))
         if len(toks) == 1 and toks != base:
             forms.add("merged")
         elif len(toks) == len(base) + 1 and toks[: len(base)] == base:
@@ -526,40 +529,6 @@ def single_token_ids(tokenizer: Any, ids: Sequence[str]) -> tuple[list[int], str
     return out, ("[" if forms == {"split"} else "")
 
 
-def last_token_logits(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> "torch.Tensor":
-    """Next-token logits after each prompt (float32, shape (len(prompts), vocab)).
-
-    Prompts are tokenized without special tokens, sorted by length and left-padded by hand
-    (so the tokenizer's own padding side does not matter), with position ids counting real
-    tokens only, as ``generate`` does.
-    """
-    import torch
-
-    if not prompts:
-        return torch.zeros((0, 0))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    rows: list[Any] = [None] * len(enc)
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            t = max(len(enc[i]) for i in idx)
-            ids = torch.tensor([[pad_id] * (t - len(enc[i])) + enc[i] for i in idx])
-            mask = torch.tensor([[0] * (t - len(enc[i])) + [1] * len(enc[i]) for i in idx])
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device))
-            last = out.logits[:, -1, :].float().cpu()
-            for j, i in enumerate(idx):
-                rows[i] = last[j]
-    return torch.stack(rows)
-
-
-def _prompt_tokens(tokenizer: Any, prompts: list[str]) -> list[int]:
-    return [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
-
-
 @register
 class FirstReranker(_LLMStage):
     """FIRST: rank by the first-token logits of single-letter identifiers, one forward pass."""
@@ -567,7 +536,11 @@ class FirstReranker(_LLMStage):
     key: ClassVar[str] = "reranker.first"
 
     class Params(_RerankParams):
-        """``top_n`` is at most 52 (single-letter identifiers A..Z, a..z)."""
+        """``top_n`` is at most 52 (single-letter identifiers A..Z, a..z). Needs a backend with
+        logits (``hf`` or ``llamacpp``)."""
+
+        needs = frozenset({"logits"})
+        stage_key = "reranker.first"
 
         @field_validator("top_n")
         @classmethod
@@ -577,36 +550,34 @@ class FirstReranker(_LLMStage):
             return v
 
     def setup(self, ctx: RunContext) -> None:
-        """Load the model and check every identifier is one token (``ValueError`` otherwise)."""
+        """Load the backend and check every identifier is one token (``ValueError`` otherwise)."""
         super().setup(ctx)
-        self.id_tokens, self.prefill = single_token_ids(self.tokenizer, letter_ids(self.params.top_n))
+        self.id_tokens, self.prefill = single_token_ids(self.backend.encode, letter_ids(self.params.top_n))
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         """Rerank by identifier logits; ``rerank_incomplete`` is always False (every id gets a score)."""
-        from ..readers.generate import chat_prompts
-
         self._require_setup()
+        be = self.backend
         with timed(batch, self.key):
             items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
             todo = [k for k, (_, t) in enumerate(items) if len(t) > 1]
-            convs = []
-            for k in todo:
-                q, texts = items[k]
-                convs.append(listwise_messages(q, texts, word_budget=self.params.word_budget, ids=letter_ids(len(texts))))
             # Prefill (e.g. "[") so the next token is the identifier of the top passage.
-            prompts = [p + self.prefill for p in chat_prompts(self.tokenizer, convs)] if convs else []
-            logits = last_token_logits(self.model, self.tokenizer, prompts, self.params.batch_size)
-            ntok = _prompt_tokens(self.tokenizer, prompts)
+            prompts = [
+                be.render(listwise_messages(items[k][0], items[k][1], word_budget=self.params.word_budget,
+                                            ids=letter_ids(len(items[k][1])))) + self.prefill
+                for k in todo
+            ]
+            logits = be.next_token_logits(prompts) if prompts else []
             row = {k: j for j, k in enumerate(todo)}
             for k, s in enumerate(batch):
                 n = len(items[k][1])
                 if k in row:
-                    sc = logits[row[k], self.id_tokens[:n]].tolist()
+                    sc = [float(logits[row[k]][t]) for t in self.id_tokens[:n]]
                     order = sorted(range(n), key=lambda i: (-sc[i], i))
-                    _bump(s, self.key, 1, ntok[row[k]])
+                    self._usage(s, 1, be.count_tokens(prompts[row[k]]))
                 else:
                     order = list(range(n))
-                    _bump(s, self.key, 0, 0)
+                    self._usage(s, 0)
                 _apply_order(s, self.key, order, n, self.params.keep)
                 _record(s, self.key, n, n, 0, 0, 0, False)
         return batch
@@ -630,43 +601,44 @@ class PointwiseReranker(_LLMStage):
     key: ClassVar[str] = "reranker.pointwise"
 
     class Params(_RerankParams):
-        """``batch_size`` counts (question, passage) prompts per forward pass."""
+        """``batch_size`` (default 8) counts (question, passage) prompts per forward pass. Needs a
+        backend with logits (``hf`` or ``llamacpp``)."""
 
-        batch_size: int = 8
+        needs = frozenset({"logits"})
+        stage_key = "reranker.pointwise"
+        default_batch_size = 8
 
     def setup(self, ctx: RunContext) -> None:
-        """Load the model and find the first tokens of "Yes" and "No" (``ValueError`` if they coincide)."""
+        """Load the backend and find the first tokens of "Yes" and "No" (``ValueError`` if they coincide)."""
         super().setup(ctx)
         # Real chat models have one token each; for others the first token still tells them apart.
-        toks = [self.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No")]
+        toks = [self.backend.encode(w)[0] for w in ("Yes", "No")]
         if toks[0] == toks[1]:
             raise ValueError(f"'Yes' and 'No' start with the same token {toks[0]} for this tokenizer")
         self.yes_no = toks
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
-        """Rerank by the yes/no log-odds; ``trace["llm_calls"]`` counts one forward pass per passage."""
-        from ..readers.generate import chat_prompts
-
+        """Rerank by the yes/no log-odds; the usage record counts one forward pass per passage."""
         self._require_setup()
+        be = self.backend
         with timed(batch, self.key):
-            convs, owner = [], []
+            prompts, owner = [], []
             for k, s in enumerate(batch):
                 for p in s.passages[: self.params.top_n]:
-                    convs.append(pointwise_messages(s.question.question, p.chunk.text, self.params.word_budget))
+                    prompts.append(be.render(pointwise_messages(s.question.question, p.chunk.text, self.params.word_budget)))
                     owner.append(k)
-            prompts = chat_prompts(self.tokenizer, convs) if convs else []
-            logits = last_token_logits(self.model, self.tokenizer, prompts, self.params.batch_size)
-            ntok = _prompt_tokens(self.tokenizer, prompts)
+            logits = be.next_token_logits(prompts) if prompts else []
             scores: list[list[float]] = [[] for _ in batch]
             tokens = [0] * len(batch)
+            yes, no = self.yes_no
             for j, k in enumerate(owner):
-                scores[k].append(float(logits[j, self.yes_no[0]] - logits[j, self.yes_no[1]]))
-                tokens[k] += ntok[j]
+                scores[k].append(float(logits[j][yes]) - float(logits[j][no]))
+                tokens[k] += be.count_tokens(prompts[j])
             for k, s in enumerate(batch):
                 sc = scores[k]
                 n = len(sc)
                 order = sorted(range(n), key=lambda i: (-sc[i], i))
-                _bump(s, self.key, n, tokens[k])
+                self._usage(s, n, tokens[k])
                 head = [s.passages[i] for i in order]
                 new = head + s.passages[n:]
                 if self.params.keep is not None:

@@ -309,23 +309,27 @@ def generate_candidates(
     batch_size: int,
     seed: int,
 ) -> list[list[tuple[str, str]]]:
-    """Compress every example's passage with each model × temperature × sample; ``(text, source)`` lists."""
-    import torch
+    """Compress every example's passage with each model × temperature × sample; ``(text, source)`` lists.
 
+    Generation goes through the ``hf`` backend of the generation layer (sample ``k`` is seeded
+    with ``seed + k``).
+    """
     from ..compressors.color import summarize
+    from ..llm import LLMSpec
 
     out: list[list[tuple[str, str]]] = [[] for _ in examples]
     passages = [ex.passage for ex in examples]
     k = 0
     for name in models:
-        model, tok = hub.causal_lm(name)
+        backend = hub.backend(LLMSpec(model=name, batch_size=batch_size))
         for temp in temperatures:
             for s in range(samples if temp > 0 else 1):  # greedy gives one answer
-                torch.manual_seed(seed + k)
+                sums = summarize(backend, passages, max_new_tokens=max_new_tokens, temperature=temp,
+                                 seed=seed + k, max_input_tokens=1024)
                 k += 1
-                sums = summarize(model, tok, passages, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 temperature=temp, max_input_tokens=1024)
                 for i, sm in enumerate(sums):
+                    if sm.error is not None:
+                        raise RuntimeError(f"{name}: compressing example {examples[i].id!r} failed: {sm.error}")
                     out[i].append((sm.text, f"{name}@t{temp:g}#{s}"))
     return out
 
@@ -381,9 +385,12 @@ def orpo_length_loss(
 
 def _encode_pair_side(tokenizer: Any, passage: str, response: str, max_prompt: int, max_response: int) -> tuple[list[int], int]:
     """Token ids of prompt+response and the prompt length (response tokens are the rest)."""
-    from ..compressors.color import _truncate_tokens, color_messages
+    from ..compressors.color import color_messages, truncate_tokens
 
-    passage = _truncate_tokens(tokenizer, passage, max_prompt)
+    # The same cut as compressor.color's (the hf backend's encode/decode), so training sees the
+    # prompts the stage sends.
+    passage = truncate_tokens(passage, max_prompt, lambda t: tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"],
+                              lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     msgs = color_messages(passage)
     if getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
