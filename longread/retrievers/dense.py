@@ -2,7 +2,9 @@
 
 Index part (built once, at index time): ``vectors.npy`` (float32, one row per chunk in index
 order, saved without pickle), ``index.faiss`` (faiss' own binary format, no pickle) and
-``meta.json``. The faiss index is chosen with ``index``:
+``meta.json``. Each store shard is encoded apart (in parallel by a Ray actor pool, kept for a
+resumed build); the shards' vectors are then joined into ``vectors.npy`` and the faiss index is
+built from its memory map. The faiss index is chosen with ``index``:
 
 - ``flat``: exact ``IndexFlatIP``; memory and time per query grow with the corpus.
 - ``hnsw``: ``IndexHNSWFlat`` graph (``hnsw_m`` links, ``ef_construction``; ``ef_search`` at
