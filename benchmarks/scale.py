@@ -7,13 +7,14 @@ size needs the corpus in memory. Questions: NQ-open dev (``--data``/nq_open).
 
 ``bm25`` rows, each step in a fresh process (peak RSS is per step):
 
-- longread index: ``BM25Retriever.build_part`` over the streamed texts (what ``Pipeline.index``
-  runs for the part): seconds, peak RSS, disk;
+- longread index: ``BM25Retriever.build_part`` over the streamed texts in one process (the same
+  bytes ``Pipeline.index`` writes shard by shard, see ``benchmarks/index_scale.py`` for that
+  path locally and on Ray): seconds, peak RSS, disk;
 - longread engine / bm25s engine: the same part opened memory-mapped, queried in batches with
   ``search_many``, and by bm25s' own ``retrieve`` (``bm25s.BM25.load`` of the same files);
 - Pipeline.answer: ``retriever.bm25`` alone through the public API (index with the ``whole``
-  chunker, then answer; the chunk store is held in memory, so this row stops at
-  ``--pipeline-max``: streaming the store is the other half of issue 14);
+  chunker into the sharded, memory-mapped store, then answer); up to ``--pipeline-max``
+  (default 1M: at 10M the store adds ~6 GB of disk and the index step hours);
 - bm25s native: ``bm25s.BM25().index()`` (Lucene idf) + ``retrieve`` on the same tokens
   (up to ``--native-max``), 1 thread and all cores; index seconds include tokenising, as
   longread's do (queries are tokenised before the clock for bm25s and the engines; inside it
@@ -451,7 +452,7 @@ def bench_bm25(ns: argparse.Namespace, work: Path) -> list[dict]:
                   f"disk {p['disk_mb']:.0f} MB); Pipeline.answer top-10 equal to the engine's for "
                   f"{p['same_as_engine']}/{ns.queries} questions{'; errors: ' + str(p['errors']) if p['errors'] else ''}")
         else:
-            print(f"  {r['n']:,}: no Pipeline.answer row: the chunk store is loaded whole into memory (issue 14, second half)")
+            print(f"  {r['n']:,}: no Pipeline.answer row: above --pipeline-max")
         print(f"  {r['n']:,}: {r['build']['nnz']:,} postings over {r['build']['base_windows']:,} base windows")
     return rows
 

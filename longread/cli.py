@@ -35,22 +35,30 @@ def _pipeline(args: argparse.Namespace, config: str | None = None):
     )
 
 
-def _load_corpus(args: argparse.Namespace):
-    """``--corpus`` (JSONL, folder, glob or one file) as a ``LoadedCorpus``; the summary goes to stderr."""
+def _corpus_stream(args: argparse.Namespace):
+    """``--corpus`` (JSONL, folder, glob or one file) as a ``DocumentStream`` (read once, lazily)."""
     from .loaders import load_documents
 
-    stream = load_documents(
+    return load_documents(
         args.corpus,
         skip_bad=args.skip_bad,
         max_doc_chars=args.max_doc_chars,
         warn=lambda m: print(f"warning: {m}", file=sys.stderr),
         show_progress=not getattr(args, "quiet", False),
     )
-    docs = stream.collect()
-    rep = stream.report
-    if set(rep.formats) != {"jsonl"}:
-        for line in rep.summary():
+
+
+def _print_load_summary(report) -> None:
+    if set(report.formats) != {"jsonl"}:
+        for line in report.summary():
             print(line, file=sys.stderr)
+
+
+def _load_corpus(args: argparse.Namespace):
+    """``--corpus`` as a ``LoadedCorpus`` (in memory); the summary goes to stderr."""
+    stream = _corpus_stream(args)
+    docs = stream.collect()
+    _print_load_summary(stream.report)
     return docs
 
 
@@ -64,9 +72,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"index {args.out}: {n} files match their sizes and sha256 in the manifest")
         return 0
     pipe = _pipeline(args)
-    docs = _load_corpus(args)
+    stream = _corpus_stream(args)  # streamed: memory holds one shard, not the corpus
     t0 = time.perf_counter()
-    out = pipe.index(docs, args.out, rebuild=args.rebuild, show_progress=not args.quiet, corpus_path=args.corpus)
+    out = pipe.index(stream, args.out, rebuild=args.rebuild, show_progress=not args.quiet, corpus_path=args.corpus,
+                     executor=args.executor, address=args.address, shard_size=args.shard_size)
+    _print_load_summary(stream.report)
     man = read_manifest(Path(out))
     print(f"indexed {man['n_documents']} documents, {man['n_chunks']} chunks into {out} in {time.perf_counter() - t0:.1f}s")
     if args.verify:
@@ -310,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="index dir")
     p.add_argument("--rebuild", action="store_true", help="replace an index built for another corpus/chunker, or a damaged one")
     p.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest (alone: check only)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: chunk, tokenise and encode shards on a Ray cluster (same index as local)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    p.add_argument("--shard-size", default="8MB",
+                   help="document text per shard, e.g. 8MB: the unit of parallel work and of resuming a stopped build")
     _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_index)

@@ -3,18 +3,23 @@
 - ``reader.echo``: answers with the first words of the best passage. It can be told to fail on
   questions containing a marker (to exercise error isolation) or to sleep per question (to have
   time to kill a run mid-way), or to kill its own worker once (to exercise Ray's retries).
+  With ``index_part`` it also declares a sharded index part (words per chunk) whose map can sleep
+  per shard (``index_sleep_s``: time to kill an indexing job mid-way).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 from pydantic import Field
 
 from .llm.usage import record
 from .registry import register
-from .stage import Params, Stage, timed
+from .stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
 from .types import QAState
 
 __all__ = ["EchoReader"]
@@ -30,6 +35,9 @@ class EchoParams(Params):
         default=None,
         description="if this file does not exist yet: create it and kill the worker process (tests worker death)",
     )
+    index_part: bool = Field(default=False, description="declare a sharded index part: the word count of every chunk")
+    index_sleep_s: float = Field(default=0.0, ge=0, le=60, description="seconds the index part's map sleeps per shard")
+    index_log: str | None = Field(default=None, description="append the number of each shard the index part maps to this file")
 
 
 @register
@@ -38,6 +46,28 @@ class EchoReader(Stage):
 
     key = "reader.echo"
     Params = EchoParams
+
+    def indexes(self) -> dict[str, IndexBuilder]:
+        """With ``index_part``: ``echo-words`` (words per chunk, ``words.npy``), built shard by shard."""
+        return {"echo-words": ShardedBuilder(map=self._count, reduce=self._join)} if self.params.index_part else {}
+
+    def _count(self, ctx: RunContext, shard: ChunkShard, out: Path) -> None:
+        time.sleep(self.params.index_sleep_s)
+        if self.params.index_log:
+            with open(self.params.index_log, "a") as f:
+                f.write(f"{shard.index:05d}\n")
+        np.save(out / "words.npy", np.asarray([len(t.split()) for t in shard.texts], dtype=np.int64))
+
+    def _join(self, ctx: RunContext, shards: Sequence[Path], out: Path) -> None:
+        parts = [np.load(d / "words.npy") for d in shards]
+        np.save(out / "words.npy", np.concatenate(parts) if parts else np.zeros(0, np.int64))
+
+    def setup(self, ctx: RunContext) -> None:
+        """With ``index_part``: check the part covers every chunk."""
+        if self.params.index_part:
+            words = np.load(ctx.index_part("echo-words") / "words.npy", mmap_mode="r")
+            if len(words) != len(ctx.require_store()):
+                raise ValueError(f"echo-words has {len(words)} rows for {len(ctx.require_store())} chunks; rebuild the index")
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         p: EchoParams = self.params  # type: ignore[assignment]

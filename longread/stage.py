@@ -5,15 +5,18 @@ a ``setup(ctx)`` that loads models or opens the index once per worker, and a bat
 ``__call__``. Stages that need something built at index time (a BM25 index, vectors,
 page KV) return builders from ``indexes()``; the pipeline runs each builder into a temporary
 directory and renames it into ``INDEX_DIR/<name>`` only when it finished, so an index dir
-never holds half-written parts.
+never holds half-written parts. A :class:`ShardedBuilder` splits that work into a per-shard
+``map`` (run in parallel on Ray, resumed shard by shard after a kill) and a ``reduce``.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,9 +24,9 @@ from .types import QAState
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models.hub import ModelHub
-    from .pipelines.store import CorpusStore
+    from .pipelines.store import BaseStore
 
-__all__ = ["Params", "Stage", "RunContext", "IndexBuilder", "timed"]
+__all__ = ["Params", "Stage", "RunContext", "IndexBuilder", "ShardedBuilder", "ChunkShard", "timed"]
 
 
 class Params(BaseModel):
@@ -36,6 +39,53 @@ class Params(BaseModel):
 
 IndexBuilder = Callable[["RunContext", Path], None]
 """Builds one index part into the given (temporary, empty) directory."""
+
+
+@dataclass(frozen=True)
+class ChunkShard:
+    """The chunks of one store shard: ``texts[j]`` is chunk number ``start + j``."""
+
+    index: int
+    start: int
+    texts: list[str]
+
+
+@dataclass(frozen=True)
+class ShardedBuilder:
+    """An index part built shard by shard, so indexing streams, runs on Ray and resumes.
+
+    ``map(ctx, shard, out)`` writes what one :class:`ChunkShard` contributes into the empty dir
+    ``out``; it runs once per shard, in any process and any order, and must depend only on the
+    shard and the stage's params (its output is kept across a killed build and reused).
+    ``reduce(ctx, shard_dirs, out)`` combines the shards' dirs, in index order, into the part.
+    ``uses_model``: ``map`` loads a model, so Ray runs it on an actor pool sized by the stage's
+    ``resources`` (one model per actor) instead of as plain tasks.
+    ``check(ctx)``, when given, runs once in the calling process before any shard is mapped (the
+    store is open, no model need be loaded); it raises ``ValueError`` for params that cannot fit
+    this corpus, so a doomed build fails before hours of work.
+
+    Calling the builder like a plain :data:`IndexBuilder` runs the steps over ``ctx.store`` here.
+    """
+
+    map: Callable[["RunContext", ChunkShard, Path], None]
+    reduce: Callable[["RunContext", Sequence[Path], Path], None]
+    uses_model: bool = False
+    check: Callable[["RunContext"], None] | None = None
+
+    def __call__(self, ctx: "RunContext", out: Path) -> None:
+        if self.check is not None:
+            self.check(ctx)
+        work = Path(tempfile.mkdtemp(prefix=".shards.", suffix=".tmp", dir=out.parent))  # cleaned as a stale temp if killed
+        try:
+            dirs = []
+            for shard in ctx.require_store().iter_chunk_shards():
+                d = work / f"{shard.index:05d}"
+                d.mkdir()
+                self.map(ctx, shard, d)
+                dirs.append(d)
+            self.reduce(ctx, dirs, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass
@@ -51,7 +101,7 @@ class RunContext:
 
     models: "ModelHub"
     index_dir: Path | None = None
-    store: "CorpusStore | None" = None
+    store: "BaseStore | None" = None
     cache_dir: Path | None = None
     seed: int = 0
     device: str = "cpu"
@@ -66,7 +116,14 @@ class RunContext:
             raise FileNotFoundError(f"index part {name!r} is missing from {self.index_dir}; rebuild the index")
         return path
 
-    def require_store(self) -> "CorpusStore":
+    def progress(self, n: int) -> None:
+        """Report that ``n`` more chunks of the shard a ``ShardedBuilder.map`` works on are done
+        (moves the index build's progress bar within a long shard; a no-op elsewhere)."""
+        report = self.extra.get("on_progress")
+        if report is not None:
+            report(n)
+
+    def require_store(self) -> "BaseStore":
         """The opened corpus store; raise ``RuntimeError`` when no corpus was indexed."""
         if self.store is None:
             raise RuntimeError("this stage needs the indexed corpus, but no index is open")
@@ -94,7 +151,8 @@ class Stage:
         """Load models and open index parts. Called once per worker before any batch."""
 
     def indexes(self) -> dict[str, IndexBuilder]:
-        """Index parts this stage needs, by directory name. Default: none."""
+        """Index parts this stage needs, by directory name: plain builders or
+        :class:`ShardedBuilder` s. Default: none."""
         return {}
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:  # pragma: no cover - abstract

@@ -147,7 +147,7 @@ def test_numeric_style_and_run_dir(tmp_path: Path) -> None:
         question_funnel([P("zz", "x")], qs, idx)
     with pytest.raises(ValueError, match="metric_style must be one of"):
         question_funnel([], qs, idx, metric_style="bleu")
-    with pytest.raises(FileNotFoundError, match="no chunks.jsonl"):
+    with pytest.raises(FileNotFoundError, match="no corpus store"):
         question_funnel([], qs, tmp_path)
     (run / "run.json").write_text("{}", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="pass index_dir"):

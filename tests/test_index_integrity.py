@@ -94,7 +94,7 @@ def test_damaged_files_are_one_error_naming_the_file(built, damage: str) -> None
         target = sorted(part.glob("*.json"))[0]
         target.unlink()
     else:
-        target = idx / "chunks.jsonl"
+        target = idx / "corpus" / "docs" / "00000" / "text.bin"
         target.write_bytes(target.read_bytes()[:-40])
     with pytest.raises(IndexCorruptError, match=target.name) as e:
         _open(idx)

@@ -123,7 +123,7 @@ def test_a_failing_index_part_leaves_nothing_half_written(tmp_path: Path) -> Non
     with pytest.raises(Exception):
         Pipeline.from_config(cfg).index(corpus(), idx, show_progress=False)
     names = sorted(p.name for p in idx.iterdir())
-    assert names == ["chunks.jsonl", "documents.jsonl", "manifest.json"]  # no dense part, no temp dirs
+    assert names == ["corpus", "manifest.json"]  # no dense part, no temp dirs
 
 
 def test_one_failing_question_is_recorded_and_the_batch_goes_on(tmp_path: Path) -> None:

@@ -170,6 +170,31 @@ def test_bm25_streamed_build_writes_the_same_index_as_in_memory(tmp_path: Path) 
         OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path / "empty").add_many([[], [], []]).finish()
 
 
+def test_bm25_parts_merge_into_the_index_one_builder_writes(tmp_path: Path) -> None:
+    """A sharded build's parts (any cut, empty and one-chunk parts, several blocks per part, parts
+    joined into scatter groups) give the bytes a single streaming builder writes."""
+    docs = _zipf_corpus(500, seed=9)
+    OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path / "one").add_many(docs).finish()
+    want = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    for j, (cuts, block) in enumerate((([0, 0, 120, 121, 400, 500], 64), ([0, 250, 500], 11), ([0, 500], 65_536))):
+        parts = []
+        for i, (a, z) in enumerate(zip(cuts, cuts[1:])):
+            d = tmp_path / f"part{j}-{i}"
+            d.mkdir()
+            OkapiBuilder(k1=1.5, b=0.75, block=block).add_many(docs[a:z]).write_part(d)
+            parts.append(d)
+        merger = OkapiBuilder(k1=1.5, b=0.75, directory=tmp_path / f"merged{j}", block=block)
+        for d in parts:
+            merger.add_part(d)
+        assert merger.n_chunks == 500
+        merged = merger.finish()
+        assert {p.name: p.read_bytes() for p in (tmp_path / f"merged{j}").iterdir()} == want, cuts
+        assert merged.search_many([["t1", "half"]], 5)[0][0].tolist() == OkapiIndex.build(docs, k1=1.5, b=0.75).search_many(
+            [["t1", "half"]], 5)[0][0].tolist()
+    with pytest.raises(ValueError, match="not a BM25 index part"):
+        OkapiBuilder(k1=1.5, b=0.75).add_part(tmp_path / "one")
+
+
 @pytest.mark.parametrize("backend", ["bm25s", "rank_bm25"])
 def test_bm25_persistence_round_trip_and_scoping(backend: str, corpus, hub) -> None:
     index_dir, store = corpus

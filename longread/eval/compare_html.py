@@ -39,16 +39,16 @@ def _doc_words(run_dir: Path) -> dict[str, int]:
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         return {}
-    idx = Path(json.loads(meta_path.read_text(encoding="utf-8")).get("index_dir", ""))
-    docs = idx / "documents.jsonl"
-    if not docs.is_file():
+    from ..pipelines.store import open_store
+
+    idx = json.loads(meta_path.read_text(encoding="utf-8")).get("index_dir")
+    if not idx:
         return {}
-    out = {}
-    for line in docs.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            d = json.loads(line)
-            out[d["id"]] = len(d["text"].split())
-    return out
+    try:
+        store = open_store(Path(idx))
+    except (OSError, ValueError):
+        return {}
+    return {d.id: len(d.text.split()) for d in store.documents.values()}
 
 
 def length_buckets(run: RunSummary, question_words: dict[str, int]) -> dict[str, float | None]:

@@ -90,11 +90,9 @@ class _Corpus:
     """The index's documents and chunks, normalised once (questions share them)."""
 
     def __init__(self, index_dir: Path) -> None:
-        from ..pipelines.store import CorpusStore
+        from ..pipelines.store import open_store
 
-        if not (index_dir / "chunks.jsonl").is_file():
-            raise FileNotFoundError(f"{index_dir} has no chunks.jsonl; is it an index dir?")
-        self.store = CorpusStore.load(index_dir)
+        self.store = open_store(index_dir)  # lazily: only the chunks and documents asked for are read
         self._chunk_norm: dict[int, str] = {}
         self._doc_norm: dict[str, str] = {}
 

@@ -27,7 +27,7 @@ from ..types import Chunk, Document
 if TYPE_CHECKING:  # pragma: no cover
     from ..models.hub import ModelHub
 
-__all__ = ["chunk_documents", "chunk_document", "regex_token_spans", "WORD_RE"]
+__all__ = ["chunk_documents", "chunk_document", "chunker_tools", "regex_token_spans", "WORD_RE"]
 
 # Words (letters/digits/underscore runs) and single punctuation or symbol characters.
 WORD_RE = re.compile(r"\w+|[^\w\s]")
@@ -201,19 +201,12 @@ def chunk_document(
     ]
 
 
-def chunk_documents(
-    documents: Iterable[Document],
-    spec: ChunkerSpec,
-    *,
-    hub: "ModelHub | None" = None,
-    show_progress: bool = False,
-) -> list[Chunk]:
-    """Chunk every document with ``spec``; return all chunks in document order.
+def chunker_tools(spec: ChunkerSpec, hub: "ModelHub | None" = None) -> tuple[Any, Any]:
+    """The ``(tokenizer, splitter)`` that :func:`chunk_document` needs for ``spec`` (either may be None).
 
-    ``hub`` is needed only when ``spec.tokenizer`` names a model. Raises ``ValueError`` when a
-    tokenizer is named but no hub is given, and ``TypeError`` for a tokenizer without offsets.
+    Raises ``ValueError`` when a tokenizer is named but no hub is given, and ``TypeError`` for a
+    tokenizer without offsets.
     """
-    docs: Sequence[Document] = documents if isinstance(documents, Sequence) else list(documents)
     tokenizer = None
     if spec.tokenizer is not None and spec.kind != "whole":
         if hub is None:
@@ -229,6 +222,23 @@ def chunk_documents(
                 return tok(text, add_special_tokens=False, verbose=False)["input_ids"]
 
         splitter = _sentence_splitter(spec, counter)
+    return tokenizer, splitter
+
+
+def chunk_documents(
+    documents: Iterable[Document],
+    spec: ChunkerSpec,
+    *,
+    hub: "ModelHub | None" = None,
+    show_progress: bool = False,
+) -> list[Chunk]:
+    """Chunk every document with ``spec``; return all chunks in document order.
+
+    ``hub`` is needed only when ``spec.tokenizer`` names a model. Raises ``ValueError`` when a
+    tokenizer is named but no hub is given, and ``TypeError`` for a tokenizer without offsets.
+    """
+    docs: Sequence[Document] = documents if isinstance(documents, Sequence) else list(documents)
+    tokenizer, splitter = chunker_tools(spec, hub)
     it: Iterable[Document] = docs
     if show_progress:
         from tqdm.auto import tqdm

@@ -17,7 +17,9 @@ from ..errors import clip
 from ..stage import RunContext, Stage
 from ..types import QAState
 
-__all__ = ["run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context"]
+__all__ = [
+    "run_stage_safely", "LocalExecutor", "RayExecutor", "StageFailed", "make_context", "init_ray", "set_worker_threads", "memory_mb",
+]
 
 ERROR_KEY = "error"
 
@@ -83,7 +85,9 @@ def make_context(
     ``cache_dir`` is the model cache, ``kv_dir`` the stages' cross-run cache (``ctx.cache_dir``;
     None: memory only). The index is checked against its manifest first (``verify``: ``sizes``
     or ``full``, see :func:`longread.pipelines.indexdir.check_index`), so a damaged file is one
-    error naming it, not a numpy or JSON error from deep inside a stage.
+    error naming it, not a numpy or JSON error from deep inside a stage. The corpus store is
+    opened lazily (:class:`~longread.pipelines.store.ShardedStore`): every worker maps the same
+    files, so the OS shares their pages instead of each process holding a copy of the corpus.
     """
     from ..models.hub import ModelHub
     from .indexdir import check_index, read_manifest, rebuild_command
@@ -159,6 +163,63 @@ class LocalExecutor:
         yield from it
 
 
+def memory_mb() -> dict[str, float]:
+    """This process's memory from ``/proc/self/status``, in MiB: ``rss`` (resident now), ``anon``
+    (private memory), ``file`` (mapped file pages, shared with every process mapping the same
+    files: the corpus store, memory-mapped vectors) and ``peak`` (highest RSS). Empty off Linux."""
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "VmHWM:": "peak"}
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name = keys.get(line.split(":", 1)[0] + ":")
+            if name:
+                out[name] = round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def set_worker_threads(num_cpus: float) -> None:
+    """Give torch one intra-op thread per CPU granted to this Ray worker: actors must not
+    oversubscribe cores."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(num_cpus)))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def init_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local one (of ``num_cpus`` CPUs; default all),
+    once per process; Ray Data then runs without its own progress bars (longread shows one) and
+    without INFO lines on the console (its logs stay in the Ray session's log dir)."""
+    import logging
+
+    import ray
+    import ray.data
+
+    dctx = ray.data.DataContext.get_current()
+    dctx.enable_progress_bars = False
+    dctx.print_on_execution_start = False
+    # Ray Data says once per process that its progress bars are off, and logs each dataset's start
+    # and end at INFO: noise on a longread run, which has its own progress bar.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    kwargs: dict[str, Any] = {
+        "ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False, "logging_level": logging.WARNING,
+    }
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(**kwargs)
+
+
 class _RayStageActor:
     """Ray actor (or task body) that owns one stage: built and set up once per worker."""
 
@@ -168,14 +229,7 @@ class _RayStageActor:
     ):
         from .. import registry
 
-        try:
-            import torch
-
-            # One intra-op thread pool per CPU granted to this worker: actors must not oversubscribe cores.
-            torch.set_num_threads(max(1, int(num_cpus)))
-        except ImportError:  # pragma: no cover
-            pass
-
+        set_worker_threads(num_cpus)
         cls = registry.get(key)
         self.stage = cls(cls.Params.model_validate(params))
         ctx = make_context(
@@ -189,6 +243,10 @@ class _RayStageActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         states = [QAState.model_validate_json(s) for s in batch["state"]]
         states = run_stage_safely(self.stage, states, fail_fast=self.fail_fast)
+        mem = memory_mb()
+        for s in states:
+            # What this worker holds after the batch: a corpus copy would show in anon, shared store pages in file.
+            s.trace.setdefault("worker_memory_mb", {})[self.stage.key] = mem
         return {"state": [s.model_dump_json() for s in states]}
 
 
@@ -225,16 +283,7 @@ class RayExecutor:
         self.fail_fast = fail_fast
 
     def _init(self) -> None:
-        import ray
-
-        if ray.is_initialized():
-            return
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
-        if self.address:
-            kwargs["address"] = self.address
-        ray.init(**kwargs)
+        init_ray(self.address)
 
     def run(self, states: list[QAState], on_progress: Callable[[int], None] | None = None) -> Iterator[QAState]:
         """Yield finished states; order follows the input (the dataset preserves order)."""
@@ -244,7 +293,6 @@ class RayExecutor:
         self._init()
         dctx = ray.data.DataContext.get_current()
         dctx.execution_options.preserve_order = True
-        dctx.enable_progress_bars = False
         ds = ray.data.from_items([{"state": s.model_dump_json()} for s in states], override_num_blocks=max(1, min(len(states), 64)))
         from .. import registry
 

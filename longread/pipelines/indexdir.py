@@ -1,7 +1,8 @@
 """An index dir's manifest: what was built, from what, and the size and sha256 of every file.
 
 ``manifest.json`` is written last, so its presence means the index is complete. Its ``files``
-table (``{relative path: {"size", "sha256"}}``) is filled as each part is built; opening an index
+table (``{relative path: {"size", "sha256"}}``: the corpus store's files under ``corpus/``, then
+each part's) is filled as each part is built; opening an index
 checks every size (cheap: a truncated, emptied or missing file is caught at once) and, with
 ``verify="full"`` (``longread index --verify``, ``longread run --verify``), every hash (a zeroed
 or altered file of the right size is caught too). Any mismatch is one :class:`IndexCorruptError`
@@ -36,8 +37,11 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-INDEX_FORMAT = 2
-"""2: the manifest has a ``files`` table (sizes and sha256). 1 (no table) still opens, unchecked."""
+INDEX_FORMAT = 3
+"""3: the corpus store is sharded and memory-mapped (``corpus/``, see :mod:`longread.pipelines.store`).
+2: a ``files`` table (sizes and sha256) with a JSONL store; 1: no table. Both still open (their
+store is read into memory) and ``longread index`` converts them to format 3 in place."""
+READ_FORMATS = (1, 2, INDEX_FORMAT)
 
 Verify = Literal["sizes", "full"]
 VERIFY_MODES = ("sizes", "full")
@@ -116,8 +120,8 @@ def _manifest_problem(m: Any) -> str | None:
     if not isinstance(m, dict):
         return f"must be a JSON object, got {type(m).__name__}"
     fmt = m.get("format")
-    if fmt not in (1, INDEX_FORMAT):
-        return f"has format {short_repr(fmt)}; this longread reads formats 1 and {INDEX_FORMAT}"
+    if fmt not in READ_FORMATS:
+        return f"has format {short_repr(fmt)}; this longread reads formats {', '.join(map(str, READ_FORMATS))}"
     if not isinstance(m.get("corpus_sha256"), str) or not isinstance(m.get("parts"), dict):
         return "lacks corpus_sha256 or parts"
     files = m.get("files")

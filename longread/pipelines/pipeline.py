@@ -10,57 +10,55 @@ states = pipe.answer(questions, index_dir="index/")
 from __future__ import annotations
 
 import hashlib
-import json
 import resource
 import sys
-import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..config import ConfigError, PipelineConfig, load_config, parse_config
-from ..io import atomic_dir, atomic_write_json, remove_stale_temps
 from ..stage import RunContext, Stage
 from ..types import Document, QAState, Question
-from .indexdir import INDEX_FORMAT, MANIFEST, VERIFY_MODES, Verify, file_table, index_lock, read_manifest
+from .indexdir import INDEX_FORMAT, VERIFY_MODES, Verify
+from .indexing import IndexMismatchError
+from .store import SHARD_BYTES, docs_digest_lines
 
 __all__ = ["Pipeline", "IndexMismatchError", "INDEX_FORMAT"]
 
 
-class IndexMismatchError(ValueError):
-    """The index dir holds a different corpus or chunking than asked for."""
-
-
-def corpus_digest(documents: Sequence[Document]) -> str:
+def corpus_digest(documents: Iterable[Document]) -> str:
     """sha256 over the documents' canonical JSON, in order."""
     h = hashlib.sha256()
-    for d in documents:
-        h.update(d.model_dump_json().encode("utf-8"))
-        h.update(b"\n")
+    for line in docs_digest_lines(documents):
+        h.update(line)
     return h.hexdigest()
 
 
-def changed_file_message(index_dir: Path, documents: Sequence[Document]) -> str | None:
+def changed_file_message(index_dir: Path, documents: Iterable[Document] | Mapping[str, str]) -> str | None:
     """One line naming the first document whose file changed since ``index_dir`` was built, or None.
 
-    Compares the ``meta["sha256"]`` that ``longread.loaders`` records per file with the one in
-    the index's ``documents.jsonl`` (read line by line; only ids and hashes are kept).
+    ``documents``: the documents, or ``{doc id: file sha256}``. Compares the ``meta["sha256"]``
+    that ``longread.loaders`` records per file with the one in the index's store (read document
+    by document, without their texts).
     """
-    new = {d.id: d.meta.get("sha256") for d in documents if d.meta.get("sha256")}
-    path = index_dir / "documents.jsonl"
-    if not new or not path.is_file():
+    from .store import open_store
+
+    if isinstance(documents, Mapping):
+        new = dict(documents)
+    else:
+        new = {d.id: d.meta.get("sha256") for d in documents if d.meta.get("sha256")}
+    if not new:
         return None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            old = json.loads(line)
-            meta = old.get("meta") or {}
-            before, now = meta.get("sha256"), new.get(old.get("id"))
-            if before and now and before != now:
-                return (
-                    f"{meta.get('source') or old['id']}: the file changed since the index {str(index_dir)!r} was built "
-                    f"(sha256 {before[:12]}… now {now[:12]}…); rebuild it (longread index --rebuild) or use another --index"
-                )
+    try:
+        store = open_store(index_dir)
+    except (OSError, ValueError):
+        return None
+    for doc_id, meta in store.iter_doc_meta():
+        before, now = meta.get("sha256"), new.get(doc_id)
+        if before and now and before != now:
+            return (
+                f"{meta.get('source') or doc_id}: the file changed since the index {str(index_dir)!r} was built "
+                f"(sha256 {before[:12]}… now {now[:12]}…); rebuild it (longread index --rebuild) or use another --index"
+            )
     return None
 
 
@@ -138,134 +136,43 @@ class Pipeline:
         show_progress: bool = True,
         rebuild: bool = False,
         corpus_path: str | Path | None = None,
+        executor: str = "local",
+        address: str | None = None,
+        shard_size: int | str = SHARD_BYTES,
     ) -> Path:
         """Chunk ``documents`` and build every index part the stages need into ``index_dir``.
 
+        ``documents`` is read once, as a stream (a list, a :func:`longread.loaders.load_documents`
+        stream, any iterable): memory holds one shard of about ``shard_size`` characters of text
+        (e.g. ``"8MB"``), not the corpus. ``executor``: ``local`` (this process) or ``ray``
+        (chunking and model-free parts as Ray Data tasks, encoders as actor pools sized by the
+        stage's ``resources``; ``address`` joins a cluster); both write the same index.
+
         An existing index of the same corpus and chunker is reused (only missing parts are built);
         one of a different corpus or chunker raises ``IndexMismatchError`` unless ``rebuild``.
-        Every part is written to a temp dir and renamed into place when complete, and the manifest
-        records each file's size and sha256. Building holds the index dir's writer lock: a second
-        builder raises :class:`longread.errors.LockedError` naming the first one's pid; temp dirs a
-        killed builder left are removed. ``corpus_path`` is recorded for the rebuild command that
-        error messages print.
+        A part is renamed into place only when complete, and the manifest records each file's size
+        and sha256. A killed build keeps its finished shards in ``.NAME.build`` beside the index:
+        run it again and only the rest is done. Building holds the index dir's writer lock: a
+        second builder raises :class:`longread.errors.LockedError` naming the first one's pid.
+        ``corpus_path`` is recorded for the rebuild command that error messages print. Raises
+        ``ValueError`` for an empty corpus or a duplicate document id.
         """
-        from .chunking import chunk_documents
-        from .store import CorpusStore
+        from ..cache import parse_size
+        from .indexing import IndexBuild
 
-        report = getattr(documents, "report", None)  # a load_documents() stream or LoadedCorpus
-        docs = list(documents)
-        loader = report.to_manifest() if hasattr(report, "to_manifest") else None  # complete once consumed
-        if not docs:
-            raise ValueError("cannot index an empty corpus")
-        seen: set[str] = set()
-        for d in docs:
-            if d.id in seen:
-                raise ValueError(f"duplicate document id {d.id!r}")
-            seen.add(d.id)
-        index_dir = Path(index_dir)
-        if index_dir.exists() and not index_dir.is_dir():
-            raise NotADirectoryError(f"index dir {str(index_dir)!r} is a file, not a directory")
-        digest = corpus_digest(docs)
-        chunker = self.config.chunker.model_dump(mode="json")
-        needed = [(stage, name, builder) for stage in self.stages for name, builder in stage.indexes().items()]
-        if not rebuild and self._complete(index_dir, digest, chunker, [n for _, n, _ in needed]):
-            return index_dir  # nothing to write: no lock needed, concurrent runs may share it
-        with index_lock(index_dir):
-            remove_stale_temps(index_dir.parent, [index_dir.name])
-            remove_stale_temps(index_dir)
-            manifest = self._reusable_manifest(index_dir, digest, chunker, rebuild, docs)
-            hub = self._hub()
-            if manifest is None:
-                t0 = time.perf_counter()
-                chunks = chunk_documents(docs, self.config.chunker, hub=hub, show_progress=show_progress)
-                store = CorpusStore(docs, chunks)
-                manifest = {
-                    "format": INDEX_FORMAT,
-                    "corpus_sha256": digest,
-                    "chunker": chunker,
-                    "n_documents": len(docs),
-                    "n_chunks": len(chunks),
-                    "parts": {},
-                    "chunk_seconds": round(time.perf_counter() - t0, 3),
-                    "built_with": self._built_with(corpus_path),
-                }
-                if loader is not None:
-                    manifest["loader"] = loader
-                with atomic_dir(index_dir) as tmp:
-                    store.save(tmp)
-                    manifest["files"] = file_table(tmp)
-                    atomic_write_json(tmp / MANIFEST, manifest)
-            else:
-                from .indexdir import check_index, rebuild_command
-
-                check_index(index_dir, manifest, "sizes")  # never build new parts on a damaged store
-                store = CorpusStore.load(index_dir, rebuild_hint=rebuild_command(index_dir, manifest))
-                if "files" not in manifest:  # format 1: record what is there now, from here on checked
-                    manifest["files"] = {k: v for name in [None, *manifest["parts"]] for k, v in file_table(index_dir, name).items()}
-                    manifest["format"] = INDEX_FORMAT
-                    manifest.setdefault("built_with", self._built_with(corpus_path))
-                    atomic_write_json(index_dir / MANIFEST, manifest)
-
-            kv = self.kv_dir
-            ctx = RunContext(models=hub, index_dir=index_dir, store=store, cache_dir=kv, seed=self.config.seed, device=self.device)
-            for stage, name, builder in needed:
-                if name in manifest["parts"] and (index_dir / name).is_dir():
-                    continue
-                t0 = time.perf_counter()
-                with atomic_dir(index_dir / name) as tmp:
-                    builder(ctx, tmp)
-                manifest["parts"][name] = {"stage": stage.key, "seconds": round(time.perf_counter() - t0, 3)}
-                manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith(f"{name}/")}
-                manifest["files"].update(file_table(index_dir, name))
-                atomic_write_json(index_dir / MANIFEST, manifest)
-        return index_dir
+        try:
+            shard_bytes = parse_size(shard_size)
+        except ValueError as e:
+            raise ValueError(f"shard_size: {e}") from None
+        build = IndexBuild(self, Path(index_dir), executor=executor, address=address, shard_bytes=shard_bytes,
+                           show_progress=show_progress)
+        return build.run(documents, rebuild=rebuild, corpus_path=corpus_path)
 
     def _built_with(self, corpus_path: str | Path | None) -> dict[str, Any]:
         src = self.source if self.source != "<config>" else self.config.name
         if src != self.config.name and Path(src).is_file():
             src = str(Path(src).resolve())
         return {"config": src, "corpus": str(Path(corpus_path).resolve()) if corpus_path else None}
-
-    @staticmethod
-    def _complete(index_dir: Path, digest: str, chunker: dict, names: list[str]) -> bool:
-        """True when ``index_dir`` already holds this corpus, chunker and every part (and checksums)."""
-        try:
-            m = json.loads((index_dir / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return (
-            isinstance(m, dict) and m.get("format") == INDEX_FORMAT and m.get("corpus_sha256") == digest
-            and m.get("chunker") == chunker and all(n in (m.get("parts") or {}) and (index_dir / n).is_dir() for n in names)
-        )
-
-    @staticmethod
-    def _reusable_manifest(
-        index_dir: Path, digest: str, chunker: dict, rebuild: bool, docs: Sequence[Document]
-    ) -> dict[str, Any] | None:
-        """The manifest to extend, None to build from scratch; raise when the dir is someone else's."""
-        from ..errors import IndexCorruptError
-
-        if (index_dir / MANIFEST).is_file():
-            try:
-                manifest = read_manifest(index_dir)
-            except IndexCorruptError:
-                if rebuild:
-                    return None
-                raise
-            same = manifest.get("corpus_sha256") == digest and manifest.get("chunker") == chunker
-            if not same and not rebuild:
-                changed = changed_file_message(index_dir, docs)
-                if changed:
-                    raise IndexMismatchError(changed)
-                what = "corpus" if manifest.get("corpus_sha256") != digest else "chunker settings"
-                raise IndexMismatchError(
-                    f"index dir {str(index_dir)!r} was built for a different {what}; "
-                    "use another --index dir or rebuild it (--rebuild)"
-                )
-            return manifest if same and not rebuild else None
-        if index_dir.exists() and any(index_dir.iterdir()):
-            raise IndexMismatchError(f"{str(index_dir)!r} is not empty and holds no {MANIFEST}; refusing to write into it")
-        return None
 
     # -- answering ----------------------------------------------------------------------------
     def context(self, index_dir: str | Path | None) -> RunContext:

@@ -7,7 +7,9 @@ Two backends give the same scores and rankings (a parity test proves it):
   pickle plus JSON; ``bm25s.BM25.load`` opens it). bm25s' own methods cannot express Okapi's idf
   floor (negative idf replaced by ``epsilon * mean idf``), so the entries are written here:
   ``idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avglen))``. The build streams
-  (see :class:`OkapiBuilder`): 10M chunks fit a 24 GB machine. At query time the matrix is
+  (see :class:`OkapiBuilder`): ``Pipeline.index`` tokenises and counts each store shard apart
+  (in parallel on Ray, kept for a resumed build) and one builder merges the shards' counts
+  into the matrix on disk; 10M chunks fit a 24 GB machine. At query time the matrix is
   memory-mapped and a batch of questions is scored as one sparse product (query-term counts
   x matrix), so cost follows the postings the queries touch, not the corpus size.
 - ``rank_bm25``: the ``rank_bm25.BM25Okapi`` reference; the tokenised corpus is stored as
@@ -32,14 +34,14 @@ from array import array
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Literal, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import field_validator
 
 from ..io import atomic_write_json, atomic_write_text
 from ..registry import register
-from ..stage import IndexBuilder, Params, RunContext, Stage, timed
+from ..stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
 from ..types import QAState
 from .common import Hits, make_passages, part_name, select_top_k
 
@@ -54,6 +56,15 @@ _NO_HITS: Hits = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
 # Postings one sparse product may touch: bounds its result (12 bytes an entry, ~200 MB) whatever
 # the batch size; small corpora score a whole batch in one product.
 _MAX_GROUP_POSTINGS = 1 << 24
+# A builder's counted blocks and the parts sharded builds hand from map to reduce.
+_BLOCK_ARRAYS = ("terms", "tf", "per_chunk")
+_PART_FILE = "part.json"
+_PART_FORMAT = 1
+
+
+def _load(a: Any) -> np.ndarray:
+    """An array, or the one a ``.npy`` path holds."""
+    return np.load(a, allow_pickle=False) if isinstance(a, Path) else a
 
 
 class BM25Tokenizer:
@@ -106,14 +117,22 @@ class BM25Tokenizer:
 
 
 class OkapiBuilder:
-    """Builds an :class:`OkapiIndex` from tokenised chunks streamed in one at a time.
+    """Builds an :class:`OkapiIndex` from tokenised chunks streamed in one at a time, or from
+    parts (one shard's chunks each) that builders in other processes wrote.
 
     Memory stays near one block plus the vocabulary, not the corpus: tokens become int32 ids as
     they arrive (no list of strings per chunk is kept); every ``block`` chunks their distinct
     ``(term, tf)`` pairs are counted and, with a ``directory``, spilled to disk; ``finish``
     scatters the scores into the term-major matrix written straight into its ``.npy`` files
-    (memory-mapped). Without a ``directory`` everything stays in memory (small corpora, tests).
-    Term ids are numbered by first occurrence and entries sorted by (term, chunk).
+    (memory-mapped), ``block`` chunks at a time. Without a ``directory`` everything stays in
+    memory (small corpora, tests). Term ids are numbered by first occurrence and entries sorted
+    by (term, chunk).
+
+    Sharded builds (``retriever.bm25``'s index part): each shard's builder :meth:`write_part` s
+    its counted blocks with the shard's own vocabulary; the reducing builder :meth:`add_part` s
+    them in shard order, reading only their vocabularies and counts, and ``finish`` renumbers
+    each block's terms as it scatters it. The index is byte for byte the one a single builder
+    makes from the same chunks, whatever the shard sizes.
     """
 
     def __init__(self, *, k1: float, b: float, epsilon: float = OKAPI_EPSILON, directory: Path | None = None,
@@ -128,9 +147,16 @@ class OkapiBuilder:
         self._ids = array("i")  # the current block's token ids
         self._block_lens = array("i")
         self._lens = array("i")  # every chunk's token count, in order
-        self._blocks: list[tuple[Any, Any, Any]] = []  # (terms, tfs, distinct terms per chunk) per block
+        # Per block: (terms, tfs, distinct terms per chunk, term renumbering or None), each an
+        # array or the .npy file holding it.
+        self._blocks: list[tuple[Any, Any, Any, Any]] = []
         self._df = np.zeros(0, dtype=np.int64)
         self._spill = self.directory / ".blocks" if self.directory is not None else None
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks added so far (by :meth:`add` and :meth:`add_part`)."""
+        return len(self._lens) + len(self._block_lens)
 
     def add(self, tokens: Sequence[str]) -> None:
         """Append one chunk's tokens (possibly none)."""
@@ -145,6 +171,12 @@ class OkapiBuilder:
         for tokens in corpus_tokens:
             self.add(tokens)
         return self
+
+    def _grow_df(self) -> np.ndarray:
+        df = np.zeros(len(self.vocab), dtype=np.int64)
+        df[: len(self._df)] = self._df
+        self._df = df
+        return df
 
     def _flush(self) -> None:
         lens = np.array(self._block_lens, dtype=np.int64)
@@ -161,31 +193,97 @@ class OkapiBuilder:
         per_chunk = np.bincount(keys // v, minlength=len(lens)).astype(np.int32)
         del keys
         tf = tf.astype(np.uint16 if len(tf) == 0 or tf.max() < 2**16 else np.int32)
-        df = np.bincount(terms, minlength=len(self.vocab))
-        df[: len(self._df)] += self._df
-        self._df = df
+        self._grow_df()[:] += np.bincount(terms, minlength=len(self.vocab))
         if self._spill is not None:
             self._spill.mkdir(parents=True, exist_ok=True)
             i = len(self._blocks)
-            paths = tuple(self._spill / f"{i}.{name}.npy" for name in ("terms", "tf", "per_chunk"))
+            paths = tuple(self._spill / f"{i}.{name}.npy" for name in _BLOCK_ARRAYS)
             for path, arr in zip(paths, (terms, tf, per_chunk)):
                 np.save(path, arr, allow_pickle=False)
-            self._blocks.append(paths)
+            self._blocks.append((*paths, None))
         else:
-            self._blocks.append((terms, tf, per_chunk))
+            self._blocks.append((terms, tf, per_chunk, None))
 
-    def finish(self) -> "OkapiIndex":
+    def write_part(self, out: Path) -> None:
+        """Write the chunks added so far as a part for :meth:`add_part` into the directory ``out``:
+        the counted blocks (``N.terms.npy``, ``N.tf.npy``, ``N.per_chunk.npy``; int32 term ids
+        into this builder's vocabulary), ``lens.npy``, ``df.npy``, ``vocab.json`` (the terms in id
+        order) and ``part.json`` last. Only for a builder fed with :meth:`add`."""
+        self._flush()
+        if any(block[3] is not None for block in self._blocks):
+            raise ValueError("write_part: this builder holds added parts; write parts only from add()ed chunks")
+        out = Path(out)
+        for i, block in enumerate(self._blocks):
+            for name, arr in zip(_BLOCK_ARRAYS, block):
+                np.save(out / f"{i}.{name}.npy", _load(arr), allow_pickle=False)
+        np.save(out / "lens.npy", np.frombuffer(self._lens, dtype=np.int32) if len(self._lens) else np.zeros(0, np.int32),
+                allow_pickle=False)
+        np.save(out / "df.npy", self._grow_df(), allow_pickle=False)
+        atomic_write_text(out / "vocab.json", json.dumps(list(self.vocab), ensure_ascii=False))
+        atomic_write_json(out / _PART_FILE, {"format": _PART_FORMAT, "n_chunks": len(self._lens), "blocks": len(self._blocks),
+                                             "n_terms": len(self.vocab)})
+
+    def add_part(self, part: Path) -> None:
+        """Append the chunks of a part :meth:`write_part` wrote (after those added so far).
+
+        Reads the part's vocabulary, counts and lengths now; its blocks are read by ``finish``,
+        so ``part`` must stay until then. Raises ``ValueError`` for a directory holding no part.
+        """
+        self._flush()
+        part = Path(part)
+        try:
+            meta = json.loads((part / _PART_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{part}: not a BM25 index part ({_PART_FILE}: {e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != _PART_FORMAT:
+            raise ValueError(f"{part}: BM25 part format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                             f"expected {_PART_FORMAT}; rebuild the index")
+        with open(part / "vocab.json", encoding="utf-8") as f:
+            terms = json.load(f)
+        # The part's terms in its id order: new ones get the next ids, so ids stay numbered by
+        # first occurrence in the whole corpus.
+        remap = np.fromiter(map(self._id_of, terms), dtype=np.int32, count=len(terms))
+        del terms
+        self._grow_df()[remap] += np.load(part / "df.npy", allow_pickle=False)
+        self._lens.frombytes(np.load(part / "lens.npy", allow_pickle=False).astype(np.int32).tobytes())
+        if self._spill is not None:
+            self._spill.mkdir(parents=True, exist_ok=True)
+            path = self._spill / f"{len(self._blocks)}.remap.npy"
+            np.save(path, remap, allow_pickle=False)
+            remap = path
+        for i in range(int(meta["blocks"])):
+            self._blocks.append((*(part / f"{i}.{name}.npy" for name in _BLOCK_ARRAYS), remap))
+
+    def finish(self, show_progress: bool = False) -> "OkapiIndex":
         """Compute idf and write the matrix; return the index (memory-mapped with a ``directory``).
 
+        ``show_progress``: a bar over the chunks as their scores are written.
         Raises ``ValueError`` when no chunk has any token.
         """
         try:
-            return self._finish()
+            return self._finish(show_progress)
         finally:
             if self._spill is not None and self._spill.exists():
                 shutil.rmtree(self._spill)
 
-    def _finish(self) -> "OkapiIndex":
+    def _groups(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The blocks, terms renumbered, joined into groups of at least ``block`` chunks (parts
+        of small shards would otherwise make many small scatters over the whole matrix)."""
+        group: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        size = 0
+        for terms, tf, per_chunk, remap in self._blocks:
+            terms, per_chunk = _load(terms), _load(per_chunk)
+            if remap is not None:
+                terms = _load(remap)[terms]
+            group.append((terms, _load(tf), per_chunk))
+            size += len(per_chunk)
+            if size >= self.block:
+                yield tuple(np.concatenate(a) for a in zip(*group))  # type: ignore[misc]
+                group, size = [], 0
+        if group:
+            yield tuple(np.concatenate(a) for a in zip(*group))  # type: ignore[misc]
+
+    def _finish(self, show_progress: bool) -> "OkapiIndex":
         self._flush()
         n = len(self._lens)
         lens = np.frombuffer(self._lens, dtype=np.int32) if n else np.zeros(0, dtype=np.int32)
@@ -193,7 +291,7 @@ class OkapiBuilder:
         if n == 0 or total == 0:
             raise ValueError(f"cannot build a BM25 index: none of the {n} chunks has an indexable term")
         v = len(self.vocab)
-        df = self._df
+        df = self._grow_df()
         idf = np.log(n - df + 0.5) - np.log(df + 0.5)
         # rank_bm25: negative idf (term in more than half the docs) -> epsilon * mean idf of all terms.
         idf = np.where(idf < 0, self.epsilon * (idf.sum() / v), idf)
@@ -207,8 +305,12 @@ class OkapiBuilder:
         data, indices = self._alloc(nnz, idx_dtype)
         cursor = indptr[:-1].astype(np.int64)
         first = 0
-        for block in self._blocks:
-            terms, tf, per_chunk = (np.load(p, allow_pickle=False) for p in block) if self._spill else block
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="bm25 writing index", unit="chunk", mininterval=1.0)
+        for terms, tf, per_chunk in self._groups():
             chunk = np.repeat(np.arange(first, first + len(per_chunk), dtype=idx_dtype), per_chunk)
             first += len(per_chunk)
             tf = tf.astype(np.float64)
@@ -222,6 +324,10 @@ class OkapiBuilder:
             indices[pos] = chunk[order]
             data[pos] = val[order]
             cursor[ts[starts]] += runs
+            if bar is not None:
+                bar.update(len(per_chunk))
+        if bar is not None:
+            bar.close()
         vocab = dict(self.vocab)
         if self.directory is None:
             return OkapiIndex(data, indices, indptr, vocab, idf, n_docs=n, k1=self.k1, b=self.b)
@@ -583,15 +689,37 @@ class BM25Retriever(Stage):
         return self._tokenizer
 
     def indexes(self) -> dict[str, IndexBuilder]:
-        """One part: the BM25 index of every chunk's text."""
-        return {self.part: self._build}
+        """One part: the BM25 index of every chunk's text, tokenised shard by shard (the map, in
+        parallel on Ray) and merged by one streaming :class:`OkapiBuilder` (the reduce)."""
+        return {self.part: ShardedBuilder(map=self._tokenize_shard, reduce=self._merge_shards)}
 
-    def _build(self, ctx: RunContext, out: Path) -> None:
-        store = ctx.require_store()
-        self.build_part((c.text for c in store.chunks), out, n=len(store.chunks))
+    def _tokenize_shard(self, ctx: RunContext, shard: ChunkShard, out: Path) -> None:
+        tok = self.tokenizer()
+        if self.params.backend == "rank_bm25":
+            atomic_write_json(out / "tokens.json", tok.many(shard.texts))  # the reference keeps the token lists
+            return
+        builder = OkapiBuilder(k1=self.params.k1, b=self.params.b)  # a shard's counts fit in memory
+        builder.add_many(map(tok, shard.texts)).write_part(out)
+
+    def _merge_shards(self, ctx: RunContext, shards: Sequence[Path], out: Path) -> None:
+        p = self.params
+        if p.backend == "rank_bm25":
+            tokens: list[list[str]] = []
+            for d in shards:
+                with open(d / "tokens.json", encoding="utf-8") as f:
+                    tokens.extend(json.load(f))
+            index: OkapiIndex | RankBM25Index = RankBM25Index.build(tokens, k1=p.k1, b=p.b)
+            index.save(out)
+        else:
+            builder = OkapiBuilder(k1=p.k1, b=p.b, directory=out)
+            for d in shards:
+                builder.add_part(d)
+            index = builder.finish(show_progress=builder.n_chunks > 100_000)
+        self._write_meta(out, index.n_docs)
 
     def build_part(self, texts: Iterable[str], out: Path, *, n: int | None = None, show_progress: bool | None = None) -> None:
-        """Tokenise ``texts`` (streamed: one chunk's tokens at a time) and write the part into ``out``.
+        """Tokenise ``texts`` (streamed: one chunk's tokens at a time) and write the part into ``out``,
+        in this process (``Pipeline.index`` builds it shard by shard instead; the result is the same).
 
         ``n`` (the number of texts, if known) sizes the progress bar, shown by default above 10k.
         Raises ``ValueError`` when no text has an indexable term.
@@ -606,9 +734,13 @@ class BM25Retriever(Stage):
             texts = tqdm(texts, total=n, desc="bm25 indexing", unit="chunk", mininterval=1.0)
         index = build_index(map(tok, texts), p.backend, k1=p.k1, b=p.b, directory=out)
         index.save(out)
+        self._write_meta(out, index.n_docs)
+
+    def _write_meta(self, out: Path, n_docs: int) -> None:
+        p = self.params
         atomic_write_json(out / META_FILE, {
             "format": FORMAT_VERSION, "backend": p.backend, "k1": p.k1, "b": p.b, "epsilon": OKAPI_EPSILON,
-            "stemmer": p.stemmer, "stopwords": p.stopwords, "n_docs": index.n_docs,
+            "stemmer": p.stemmer, "stopwords": p.stopwords, "n_docs": n_docs,
         })
 
     def setup(self, ctx: RunContext) -> None:

@@ -2,7 +2,9 @@
 
 Index part (built once, at index time): ``vectors.npy`` (float32, one row per chunk in index
 order, saved without pickle), ``index.faiss`` (faiss' own binary format, no pickle) and
-``meta.json``. The faiss index is chosen with ``index``:
+``meta.json``. Each store shard is encoded apart (in parallel by a Ray actor pool, kept for a
+resumed build); the shards' vectors are then joined into ``vectors.npy`` and the faiss index is
+built from its memory map. The faiss index is chosen with ``index``:
 
 - ``flat``: exact ``IndexFlatIP``; memory and time per query grow with the corpus.
 - ``hnsw``: ``IndexHNSWFlat`` graph (``hnsw_m`` links, ``ef_construction``; ``ef_search`` at
@@ -46,7 +48,7 @@ from pydantic import field_validator, model_validator
 
 from ..io import atomic_write_json
 from ..registry import register
-from ..stage import IndexBuilder, Params, RunContext, Stage, timed
+from ..stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
 from ..types import QAState
 from .common import Hits, make_passages, part_name, select_top_k, slug, top_k
 
@@ -56,6 +58,7 @@ __all__ = ["DenseRetriever", "build_faiss_index", "check_ann", "auto_nlist", "co
 FORMAT_VERSION = 1
 ANN_KINDS = ("flat", "hnsw", "ivfpq")
 _EMPTY: Hits = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
+_ENCODE_SLICE = 2048  # chunks encoded between progress reports within a shard
 _ADD_BATCH = 65_536  # vectors copied to faiss at a time: bounded memory when vectors are a memmap
 # Bytes per code GPU IVF-PQ supports (faiss GpuIndexIVFPQ), with 8-bit codes only.
 _GPU_PQ_M = frozenset({1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96})
@@ -67,9 +70,10 @@ def auto_nlist(n: int) -> int:
     return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
 
 
-def check_ann(kind: str, n: int, dim: int, *, nlist: int | None = None, pq_m: int = 32, pq_bits: int = 8) -> int | None:
+def check_ann(kind: str, n: int, dim: int | None, *, nlist: int | None = None, pq_m: int = 32, pq_bits: int = 8) -> int | None:
     """Check that an index of ``kind`` can be built over ``n`` vectors of ``dim``; return IVF-PQ's nlist.
 
+    ``dim`` None (the encoder is not loaded yet) checks only what depends on ``n``.
     Raises ``ValueError`` naming the param: ``pq_m`` not dividing ``dim``, ``nlist > n``, or fewer
     vectors than the ``2**pq_bits`` centroids each sub-quantiser trains.
     """
@@ -77,7 +81,7 @@ def check_ann(kind: str, n: int, dim: int, *, nlist: int | None = None, pq_m: in
         raise ValueError(f"unknown faiss index kind {kind!r}; valid: {', '.join(ANN_KINDS)}")
     if kind != "ivfpq":
         return None
-    if dim % pq_m:
+    if dim is not None and dim % pq_m:
         divisors = [d for d in range(1, min(dim, 96) + 1) if dim % d == 0]
         raise ValueError(f"pq_m must divide the vector dim {dim}, got pq_m={pq_m}; valid up to 96: {divisors}")
     nl = auto_nlist(n) if nlist is None else nlist
@@ -305,27 +309,50 @@ class DenseRetriever(Stage):
         return part_name(f"dense-{slug(p.encoder)}", fields)
 
     def indexes(self) -> dict[str, IndexBuilder]:
-        """One part: chunk vectors and the faiss index over them."""
-        return {self.part: self._build}
+        """One part: chunk vectors (encoded shard by shard, on Ray by an actor pool) and the faiss
+        index built over them from disk."""
+        return {self.part: ShardedBuilder(map=self._encode_shard, reduce=self._build, uses_model=True, check=self._check)}
 
-    def _build(self, ctx: RunContext, out: Path) -> None:
-        import faiss
+    def _check(self, ctx: RunContext) -> None:
+        """Before any shard is encoded: params that cannot fit this corpus fail now, not after
+        hours of encoding (with split long docs there are at least as many vectors as chunks).
+        The encoder's dim is checked by each shard's map once its encoder is loaded."""
+        p = self.params
+        check_ann(p.index, len(ctx.require_store()), None, nlist=p.nlist, pq_m=p.pq_m, pq_bits=p.pq_bits)
+        self._gpu(ctx)
 
-        store = ctx.require_store()
+    def _encode_shard(self, ctx: RunContext, shard: ChunkShard, out: Path) -> None:
         p = self.params
         encoder = ctx.models.encoder(p.encoder)
-        # Fail on params that cannot fit this corpus and encoder now, not after hours of encoding
-        # (with split long docs there are at least as many vectors as chunks).
-        check_ann(p.index, len(store.chunks), encoder.dim, nlist=p.nlist, pq_m=p.pq_m, pq_bits=p.pq_bits)
+        check_ann(p.index, len(ctx.require_store()), encoder.dim, nlist=p.nlist, pq_m=p.pq_m, pq_bits=p.pq_bits)
+        vecs, owners = [np.zeros((0, encoder.dim), dtype=np.float32)], [np.zeros(0, dtype=np.int64)]
+        # Slices of a shard, so a long shard's progress shows; batches never span two slices.
+        for i in range(0, len(shard.texts), _ENCODE_SLICE):
+            texts = shard.texts[i : i + _ENCODE_SLICE]
+            if p.long_docs == "split":
+                from ..encoders.longdoc import encode_windows
+
+                v, owner, _ = encode_windows(encoder, texts, kind="document", batch_size=p.batch_size)
+                owners.append(owner + shard.start + i)  # rows name global chunk positions
+            else:
+                v = encoder.encode(texts, kind="document", batch_size=p.batch_size)
+            vecs.append(np.asarray(v, dtype=np.float32))
+            ctx.progress(len(texts))
+        if p.long_docs == "split":
+            np.save(out / "owner.npy", np.concatenate(owners), allow_pickle=False)
+        np.save(out / "vectors.npy", np.concatenate(vecs), allow_pickle=False)
+
+    def _build(self, ctx: RunContext, shards: Sequence[Path], out: Path) -> None:
+        import faiss
+
+        from ..pipelines.indexing import concat_npy
+
+        p = self.params
         gpu = self._gpu(ctx)
         if p.long_docs == "split":
-            from ..encoders.longdoc import encode_windows
-
-            vectors, owner, _ = encode_windows(encoder, [c.text for c in store.chunks], kind="document", batch_size=p.batch_size)
-            np.save(out / "owner.npy", owner, allow_pickle=False)
-        else:
-            vectors = encoder.encode([c.text for c in store.chunks], kind="document", batch_size=p.batch_size, show_progress=True)
-        np.save(out / "vectors.npy", vectors, allow_pickle=False)
+            concat_npy([d / "owner.npy" for d in shards], out / "owner.npy")
+        # A memory map of the part's own file: faiss trains on a sample and adds in batches.
+        vectors = concat_npy([d / "vectors.npy" for d in shards], out / "vectors.npy")
         # One thread also makes HNSW construction reproducible (parallel inserts race).
         with omp_threads(p.faiss_threads):
             built = build_faiss_index(vectors, p.index, hnsw_m=p.hnsw_m, ef_construction=p.ef_construction,
@@ -394,8 +421,7 @@ class DenseRetriever(Stage):
             index, self._gpu_res = _to_gpu(index, gpu)
         self._encoder, self._index, self._vectors, self._store = encoder, index, vectors, store
         self._owner = owner
-        doc_index = {d: i for i, d in enumerate(store.documents)}
-        self._chunk_doc = np.array([doc_index[c.doc_id] for c in store.chunks], dtype=np.int64)
+        self._chunk_doc = store.chunk_doc_positions()
 
     def search(self, queries: Sequence[str], doc_ids: Sequence[Sequence[str] | None] | None = None, k: int | None = None) -> list[Hits]:
         """Hits for each query (optionally scoped to ``doc_ids[i]``), best first.
