@@ -227,7 +227,10 @@ def test_lora_adapter_loads_on_a_private_copy(hub, tiny_lm_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), dtype=torch.float32)
-    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    from longread.peft_compat import quiet_peft
+
+    with quiet_peft():
+        lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.peft_config["default"].base_model_name_or_path = str(tiny_lm_dir)
     lora.save_pretrained(str(tmp_path / "ad"))
     shared, tok = hub.causal_lm(str(tiny_lm_dir))

@@ -22,7 +22,6 @@ import copy
 import json
 import math
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,11 +349,9 @@ def _with_adapter(model: "torch.nn.Module", adapter_dir: Path) -> "torch.nn.Modu
         raise ImportError("compressor.color with an adapter needs peft: pip install 'longread[train]'") from e
     base = copy.deepcopy(model)
     try:
-        with warnings.catch_warnings():
-            # peft asks transformers 5.x for `is_gradient_checkpointing`, deprecated there: a
-            # FutureWarning on every load that the user can do nothing about (gradient checkpointing
-            # is off for inference anyway).
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        from ..peft_compat import quiet_peft
+
+        with quiet_peft():
             peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"adapter {str(adapter_dir)!r} does not fit the compressor model: {e}") from e

@@ -499,7 +499,10 @@ def prepare_model(model_dir: Path, cfg: TrainConfig) -> Any:
 
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg)
+        from ..peft_compat import quiet_peft
+
+        with quiet_peft():
+            model = get_peft_model(model, lcfg)
     return model.to(cfg.device)
 
 

@@ -399,9 +399,12 @@ def run(args: argparse.Namespace) -> int:
     if args.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(
-            model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
-        )
+        from ..peft_compat import quiet_peft
+
+        with quiet_peft():
+            model = get_peft_model(
+                model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+            )
     print(f"fullrank: {len(examples)} examples, {args.steps} steps, model {args.model}", flush=True)
     losses = train(
         model,
