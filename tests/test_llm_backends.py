@@ -6,6 +6,8 @@ server on 127.0.0.1 serving the SmolLM2 pack's GGUF). Faults are injected by a s
 echoing the request's headers); the backend itself is never patched. The llamacpp backend runs the
 same GGUF in-process. vLLM cannot run here (no GPU): its import error and its request mapping are
 tested.
+
+Tests that start a server or load a real model are ``slow`` (``pytest --runslow``, as CI runs).
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def proxy_factory(llama_server: LlamaServer):
 # --- openai backend against the real server ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_openai_answers_planted_fact_through_real_server(llama_server: LlamaServer) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -178,6 +181,7 @@ def test_openai_answers_planted_fact_through_real_server(llama_server: LlamaServ
     assert raw.text == g.text
 
 
+@pytest.mark.slow
 def test_openai_batch_keeps_order_and_bounds_concurrency(proxy_factory) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -188,6 +192,7 @@ def test_openai_batch_keeps_order_and_bounds_concurrency(proxy_factory) -> None:
     assert proxy.max_in_flight == 2
 
 
+@pytest.mark.slow
 def test_openai_stop_strings_beyond_the_apis_four_are_applied(llama_server: LlamaServer) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -197,6 +202,7 @@ def test_openai_stop_strings_beyond_the_apis_four_are_applied(llama_server: Llam
     assert g.finish_reason == "stop" and PLACES[0][0] not in g.text and g.text.endswith("Qui")
 
 
+@pytest.mark.slow
 def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_restart(tmp_path: Path) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -227,6 +233,7 @@ def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_resta
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", ["first_byte", "trickle"])
 def test_openai_slower_than_timeout_is_a_clear_error(proxy_factory, delay: str) -> None:
     from longread.llm.openai import OpenAIBackend
@@ -240,6 +247,7 @@ def test_openai_slower_than_timeout_is_a_clear_error(proxy_factory, delay: str) 
     assert proxy.posts == 1  # a timeout is not retried: a slow server does not get faster
 
 
+@pytest.mark.slow
 def test_openai_429_is_retried_after_retry_after(proxy_factory) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -254,6 +262,7 @@ def test_openai_429_is_retried_after_retry_after(proxy_factory) -> None:
     assert proxy.posts == 2 and time.perf_counter() - t0 >= 1.0
 
 
+@pytest.mark.slow
 def test_openai_5xx_after_retries_fails_that_request_only(proxy_factory) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -269,6 +278,36 @@ def test_openai_5xx_after_retries_fails_that_request_only(proxy_factory) -> None
     assert proxy.posts == 4
 
 
+@pytest.mark.slow
+def test_openai_counts_tokens_with_the_packs_gguf_tokenizer_when_unprepared(llama_server, llamacpp,
+                                                                            tmp_path: Path) -> None:
+    from longread.llm.openai import OpenAIBackend
+    from longread.models.hub import ModelHub
+    from longread.stage import RunContext
+
+    ctx = RunContext(models=ModelHub(cache_dir=tmp_path))  # an empty cache: the pack is not prepared
+    b = OpenAIBackend(openai_spec(llama_server.base_url), ctx)
+    text = "The capital of Kestland is Quibbleton, a city of glass towers. <|im_end|>"
+    assert b.encode(text) == llamacpp.encode(text)  # transformers read the tokenizer from the GGUF
+    assert b.render(planted()) == llamacpp.render(planted())
+    assert b.window == 8192  # SmolLM2's model_max_length
+
+
+@pytest.mark.slow
+def test_openai_without_a_tokenizer_estimates_tokens(llama_server) -> None:
+    from longread.llm.openai import EstimateTokenizer, OpenAIBackend
+
+    b = OpenAIBackend(LLMSpec(backend="openai", model="whatever-the-server-serves", base_url=llama_server.base_url))
+    assert b.tokenizer is None and b.window == 8192
+    req = GenRequest(messages=planted(), max_new_tokens=16)
+    g = b.generate([req])[0]
+    assert PLACES[0][0] in g.text  # llama-cpp-python serves its one model under any name
+    # That server sends no usage: the counts are the estimate's.
+    est = EstimateTokenizer()
+    assert g.prompt_tokens == len(est.encode("\n\n".join(m["content"] for m in planted())))
+    assert g.new_tokens == len(est.encode(g.text))
+
+
 def test_openai_unreachable_server_is_one_error_naming_the_url() -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -278,6 +317,7 @@ def test_openai_unreachable_server_is_one_error_naming_the_url() -> None:
     assert url in str(e.value) and isinstance(e.value, ValueError)  # the CLI's one-line user error
 
 
+@pytest.mark.slow
 def test_openai_api_key_is_sent_as_bearer_and_never_shown(tmp_path: Path, monkeypatch, caplog) -> None:
     from longread.llm.openai import OpenAIBackend
 
@@ -327,6 +367,7 @@ def llamacpp():
     b.close()
 
 
+@pytest.mark.slow
 def test_llamacpp_greedy_answers_planted_fact(llamacpp) -> None:
     g = llamacpp.generate([GenRequest(messages=planted(), max_new_tokens=16)])[0]
     assert g.finish_reason == "stop" and "Quibbleton" in g.text
@@ -336,6 +377,7 @@ def test_llamacpp_greedy_answers_planted_fact(llamacpp) -> None:
     assert 0 < g.ttft_s <= g.seconds
 
 
+@pytest.mark.slow
 def test_llamacpp_stop_strings_and_length(llamacpp) -> None:
     full = llamacpp.generate([GenRequest(messages=planted(), max_new_tokens=16)])[0].text
     cut = llamacpp.generate([GenRequest(messages=planted(), max_new_tokens=16, stop=("bble",))])[0]
@@ -344,6 +386,7 @@ def test_llamacpp_stop_strings_and_length(llamacpp) -> None:
     assert short.finish_reason == "length" and short.new_tokens == 2 and full.startswith(short.text)
 
 
+@pytest.mark.slow
 def test_llamacpp_sampling_is_seeded(llamacpp) -> None:
     req = GenRequest(messages=[{"role": "user", "content": "Write a poem about the sea."}], max_new_tokens=24,
                      temperature=1.0, seed=7)
@@ -351,6 +394,7 @@ def test_llamacpp_sampling_is_seeded(llamacpp) -> None:
     assert a.text == b.text and a.token_ids == b.token_ids
 
 
+@pytest.mark.slow
 def test_llamacpp_next_token_logits_argmax_is_greedy_first_token(llamacpp) -> None:
     import numpy as np
 
@@ -362,6 +406,7 @@ def test_llamacpp_next_token_logits_argmax_is_greedy_first_token(llamacpp) -> No
         assert int(row.argmax()) == first
 
 
+@pytest.mark.slow
 def test_llamacpp_prompt_longer_than_window_fails_alone(llamacpp) -> None:
     long = GenRequest(prompt="word " * 3000, max_new_tokens=4)
     ok, bad = llamacpp.generate([GenRequest(messages=planted(), max_new_tokens=16), long])
@@ -369,6 +414,7 @@ def test_llamacpp_prompt_longer_than_window_fails_alone(llamacpp) -> None:
     assert bad.finish_reason == "error" and "context window is 2048" in bad.error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pack", [SMOLLM2, "qwen2.5-0.5b-instruct"])
 def test_llamacpp_renders_what_transformers_renders(pack: str) -> None:
     from transformers import AutoTokenizer
@@ -468,6 +514,7 @@ def test_gguf_path_refuses_non_gguf_packs() -> None:
 # --- estimates and headers -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_estimate_tokenizer_round_trips_and_overcounts_bpe(llamacpp) -> None:
     from longread.data import demo_paths
     from longread.llm.openai import EstimateTokenizer

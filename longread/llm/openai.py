@@ -168,14 +168,15 @@ class OpenAIBackend(Backend):
         self.seed = int(getattr(ctx, "seed", 0) or 0)
         self._rng = random.Random()
         self._stream_options = True  # dropped for servers that refuse the field
-        cache_dir = getattr(getattr(ctx, "models", None), "cache_dir", None)
-        self.tokenizer = _local_tokenizer(spec, cache_dir)
-        self._estimate = EstimateTokenizer() if self.tokenizer is None else None
         self._client = httpx.Client(
             timeout=httpx.Timeout(spec.timeout_s, connect=min(spec.timeout_s, 10.0)),
             limits=httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency),
         )
-        self._window = self._probe()
+        server_window = self._probe()  # before the tokenizer loads: an unreachable server fails at once
+        cache_dir = getattr(getattr(ctx, "models", None), "cache_dir", None)
+        self.tokenizer = _local_tokenizer(spec, cache_dir)
+        self._estimate = EstimateTokenizer() if self.tokenizer is None else None
+        self._window = server_window or self._tokenizer_window() or DEFAULT_WINDOW
 
     def __repr__(self) -> str:
         return (f"OpenAIBackend(base_url={self.base_url!r}, model={self.spec.model!r}, "
@@ -201,7 +202,7 @@ class OpenAIBackend(Backend):
         key = os.environ.get(name, "") if name else ""
         return text.replace(key, "***") if key else text
 
-    def _probe(self) -> int:
+    def _probe(self) -> int | None:
         """Check the server answers; its context window when ``/models`` reports one."""
         url = f"{self.base_url}/models"
         try:
@@ -227,10 +228,11 @@ class OpenAIBackend(Backend):
                         window = int(m["max_model_len"])
             except (ValueError, AttributeError, TypeError):
                 pass
-        if window is None and self.tokenizer is not None:
-            n = int(getattr(self.tokenizer, "model_max_length", 0) or 0)
-            window = n if 0 < n < 10_000_000 else None
-        return window or DEFAULT_WINDOW
+        return window
+
+    def _tokenizer_window(self) -> int | None:
+        n = int(getattr(self.tokenizer, "model_max_length", 0) or 0) if self.tokenizer is not None else 0
+        return n if 0 < n < 10_000_000 else None  # "no limit" is stored as a huge number
 
     def _auth_error(self, status: int) -> str:
         how = (f"the key in ${self.spec.api_key_env}" if self.spec.api_key_env
