@@ -85,12 +85,12 @@ class Proxy:
                     proxy.headers.append(dict(self.headers))
                     proxy.in_flight += 1
                     proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                self.counted = True
                 try:
                     if proxy.before is None or not proxy.before(n, self, body):
                         proxy._forward(self, body)
                 finally:
-                    with proxy._lock:
-                        proxy.in_flight -= 1
+                    proxy._done(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -100,6 +100,12 @@ class Proxy:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def _done(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            if getattr(h, "counted", False):
+                h.counted = False  # type: ignore[attr-defined]
+                self.in_flight -= 1
 
     def _forward(self, h: BaseHTTPRequestHandler, body: bytes | None, slow: bool = True) -> None:
         try:
@@ -118,6 +124,8 @@ class Proxy:
                     h.send_header(k, v)
             h.end_headers()
             while line := resp.readline():
+                if line.startswith(b"data: [DONE]"):
+                    self._done(h)  # the client's request ends here; it may send the next one at once
                 h.wfile.write(line)
                 h.wfile.flush()
                 if slow and self.line_delay and line.strip():
