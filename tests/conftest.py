@@ -49,6 +49,20 @@ def _private_kv_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["LONGREAD_KV_DIR"] = old
 
 
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real llama.cpp server (``llama_cpp.server``, the ``llamacpp`` extra) on 127.0.0.1 serving
+    the SmolLM2 pack's GGUF; stopped at the end of the session. See ``longread.testing.LlamaServer``."""
+    from longread.models.packs import gguf_path
+    from longread.testing import LlamaServer
+
+    # One thread: on a shared machine a second llama.cpp thread waiting for a busy core costs more
+    # than it gives, and a 135M model is fast enough on one.
+    with LlamaServer(gguf_path("smollm2-135m-instruct", progress=False), n_ctx=4096, n_threads=1,
+                     log_dir=tmp_path_factory.mktemp("llama-server")) as server:
+        yield server
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow (real models, Ray)")
 

@@ -71,6 +71,7 @@ __all__ = [
     "prepare",
     "prepare_pack",
     "verify_pack",
+    "gguf_path",
     "format_pack_table",
     "pip_requirements",
     "install_pack",
@@ -78,6 +79,9 @@ __all__ = [
 
 MANIFEST = "longread-pack.json"
 """File written last into a prepared pack directory; its presence means the pack is ready."""
+
+GGUF_RECORD = "longread-gguf.json"
+"""Verification record of a pack's GGUF file (see :func:`gguf_path`)."""
 
 _CHUNK = 8 << 20  # 8 MiB: streaming hash/copy without holding a 500 MB GGUF in memory
 
@@ -589,6 +593,68 @@ def install_pack(
     if prepare:
         return prepare_pack(pack, cache_dir, progress=progress)
     return verify_pack(pack, progress=progress)
+
+
+def _stat_key(path: Path, sha256: str) -> dict:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def gguf_path(name: str | Pack, cache_dir: str | Path | None = None, *, progress: bool = True) -> Path:
+    """The verified GGUF file of causal-LM pack ``name``, for llama.cpp (no torch, no conversion).
+
+    A single-file pack is used where pip installed it; its sha256 is checked once and the result
+    recorded in the cache dir, keyed on the file's path, size and mtime, so later processes do not
+    rehash it. A split pack (``qwen2.5-0.5b-instruct``: 6 parts) is concatenated and verified once
+    into ``<cache>/models/<name>-<hash>-gguf/`` (the directory appears only when complete).
+
+    Raises ``KeyError`` for an unknown pack, ``PackError`` for a pack that is not a GGUF causal LM,
+    and ``PackMissingError`` / ``ChecksumMismatchError`` as :func:`prepare_pack` does.
+    """
+    pack = name if isinstance(name, Pack) else get_pack(name)
+    if pack.fmt != "gguf" or pack.kind != "causal_lm":
+        usable = ", ".join(p.name for p in list_packs() if p.fmt == "gguf" and p.kind == "causal_lm")
+        raise PackError(f"pack {pack.name!r} is not a GGUF causal LM (it is a {pack.kind} pack in {pack.fmt!r} "
+                        f"format); GGUF packs: {usable}")
+    root = _pack_dir(pack, cache_dir).parent
+    files = _locate(pack)
+    if len(files) == 1:
+        gguf, record = files[0].resolve(), root / f".{pack.dir_name()}.{GGUF_RECORD}"
+        if _read_record(record) == _stat_key(gguf, pack.sha256):
+            return gguf
+        with _lock(root / f".{pack.dir_name()}.lock"):
+            if _read_record(record) != _stat_key(gguf, pack.sha256):
+                actual = _hash_files(pack, files, None, progress)
+                if actual != pack.sha256:
+                    raise _mismatch(pack, files, actual)
+                atomic_write_json(record, _stat_key(gguf, pack.sha256))
+        return gguf
+    out_dir = root / f"{pack.dir_name()}-gguf"
+    gguf, record = out_dir / f"{pack.name}.gguf", out_dir / GGUF_RECORD
+
+    def ready() -> bool:
+        rec = _read_record(record)
+        return rec is not None and gguf.is_file() and rec == _stat_key(gguf, pack.sha256)
+
+    if ready():
+        return gguf
+    with _lock(root / f".{pack.dir_name()}.lock"):
+        if not ready():
+            with atomic_dir(out_dir) as tmp:
+                part = tmp / gguf.name
+                actual = _hash_files(pack, files, part, progress)
+                if actual != pack.sha256:
+                    raise _mismatch(pack, files, actual)
+                # Keyed on the final path: renaming the directory keeps size and mtime.
+                atomic_write_json(tmp / GGUF_RECORD, {**_stat_key(part, pack.sha256), "path": str(gguf)})
+    return gguf
 
 
 def format_pack_table(cache_dir: str | Path | None = None) -> str:
