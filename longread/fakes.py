@@ -1,6 +1,7 @@
 """Fake stages for tests (yours and ours): cheap, deterministic, registered like real ones.
 
-- ``reader.echo``: answers with the first words of the best passage. It can be told to fail on
+- ``reader.echo``: answers with the first words of the best passage, and cites that passage as
+  read (``cited=False``; provenance from the chunk). It can be told to fail on
   questions containing a marker (to exercise error isolation) or to sleep per question (to have
   time to kill a run mid-way), or to kill its own worker once (to exercise Ray's retries).
 """
@@ -12,6 +13,7 @@ import time
 
 from pydantic import Field
 
+from .citations import citations_for
 from .llm.usage import record
 from .registry import register
 from .stage import Params, Stage, timed
@@ -50,8 +52,9 @@ class EchoReader(Stage):
                     raise ValueError(f"question {s.question.id!r} contains {p.fail_on!r}")
                 if p.sleep_s:
                     time.sleep(p.sleep_s)
-                text = s.passages[0].chunk.text if s.passages else ""
+                text = s.passages[0].text if s.passages else ""
                 s.answer = " ".join(text.split()[: p.words])
+                s.citations = citations_for(s.passages[:1], None, cited=False)
                 # "Tokens" read are words here: there is no tokenizer.
-                record(s, self.key, prompt_tokens=len(" ".join(x.chunk.text for x in s.passages).split()))
+                record(s, self.key, prompt_tokens=len(" ".join(x.text for x in s.passages).split()))
         return batch

@@ -193,7 +193,10 @@ def test_rag_reader_prompt_and_usage(ctx: RunContext, tiny_lm_dir: Path) -> None
     assert not {"reader_tokens", "ttft_s", "new_tokens", "llm_calls", "llm_tokens", "timings"} & set(t)
     assert t["reader_truncated"] is False
     assert isinstance(state.answer, str) and state.answer == clean_answer(t["raw_answer"])
-    assert state.citations == []  # short answers cite nothing
+    # A short answer marks nothing: its citations are the three passages it read, not cited.
+    assert [(c.n, c.chunk_id, c.text, c.cited) for c in state.citations] == [
+        (i + 1, chunks[i].id, chunks[i].text, False) for i in range(3)
+    ]
 
 
 def test_rag_reader_batch_equals_single_and_counts_calls(ctx: RunContext, tiny_lm_dir: Path) -> None:

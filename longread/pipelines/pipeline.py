@@ -353,7 +353,7 @@ class Pipeline:
         if state.question.doc_ids is not None:
             state.trace["scope_doc_ids"] = list(state.question.doc_ids)
         if state.question.answers and state.passages:
-            state.trace["answer_in_passages"] = bool(answer_in_texts(state.question.answers, [p.chunk.text for p in state.passages]))
+            state.trace["answer_in_passages"] = bool(answer_in_texts(state.question.answers, [p.text for p in state.passages]))
         else:
             state.trace["answer_in_passages"] = None
         state.trace["peak_rss_mb"] = round(_peak_rss_mb(), 1)

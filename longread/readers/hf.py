@@ -4,8 +4,13 @@ Both build the answer style's prompt (``prompt:``, see :mod:`longread.llm.prompt
 message, which the backend renders with the model's chat template, generate in one batched call
 and set ``state.answer``. Budgets (``max_context_tokens``, the model window) are counted with the
 backend's tokenizer. Cost goes to the stage's :class:`~longread.types.Usage` record; the trace
-keeps ``raw_answer`` (the model's text before cleaning) and ``reader_truncated``. The ``cite``
-style (``reader.hf`` only) turns the answer's ``[n]`` markers into ``state.citations``.
+keeps ``raw_answer`` (the model's text before cleaning) and ``reader_truncated``.
+
+``reader.hf`` sets ``state.citations`` (see :mod:`longread.citations`): with the ``cite`` style
+the passages the answer's ``[n]`` markers point at (``cited=True``), with every other style (or a
+``cite`` answer without a valid marker) the passages it read (``cited=False``). A passage cut to
+fit the budget is cited with the text that was read. ``reader.long_context`` reads whole
+documents and cites nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from ..citations import citations_for
 from ..llm import GenRequest, load_backend
 from ..llm.params import ReaderLLMParams
 from ..llm.prompts import clean, clean_answer, parse_citations
@@ -93,18 +99,17 @@ class _BaseReader(Stage):
     def _context(self, state: QAState) -> _Context:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _citations(self, answer: str, shown: list[Passage]) -> list[Citation]:
-        out = []
-        for n in parse_citations(answer, len(shown)):
-            c = shown[n - 1].chunk
-            doc = self.store.documents.get(c.doc_id) if self.store is not None else None
-            source = doc.meta.get("source") if doc is not None else None
-            out.append(Citation(n=n, doc_id=c.doc_id, chunk_id=c.id, source=source if isinstance(source, str) else None,
-                                start=c.start, end=c.end, text=c.text))
-        return out
+    def _citations(self, answer: str, shown: list[Passage], cites: bool) -> list[Citation]:
+        """The ``[n]`` passages of a ``cite`` answer (``cited=True``); for other styles, or a
+        ``cite`` answer without a valid marker, every passage shown (``cited=False``)."""
+        docs = self.store.documents if self.store is not None else None
+        numbers = parse_citations(answer, len(shown)) if cites else []
+        if numbers:
+            return citations_for(shown, docs, numbers=numbers, cited=True)
+        return citations_for(shown, docs, cited=False)
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
-        """Answer each state in the batch: sets ``answer`` (and ``citations`` for ``cite``)."""
+        """Answer each state in the batch: sets ``answer`` and ``citations``."""
         self._require_setup()
         p = self.params
         spec = p.prompt_spec
@@ -122,7 +127,7 @@ class _BaseReader(Stage):
             record_generations(s, self.key, [g], spec=p.llm)
             s.trace["raw_answer"] = g.text
             s.answer = clean(g.text, spec.cleaner)
-            s.citations = self._citations(s.answer, c.shown) if spec.cites else []
+            s.citations = self._citations(s.answer, c.shown, spec.cites)
         return batch
 
 
@@ -160,7 +165,7 @@ class HFReader(_BaseReader):
         truncated = False
         for n, p in enumerate(state.passages[: self.params.max_passages], start=1):
             label = f"[{n}] "
-            text = p.chunk.text.strip()
+            text = p.text.strip()
             need = len(self._ids(f"{label}{text}\n\n"))
             if need <= budget:
                 parts.append(f"{label}{text}")
@@ -170,8 +175,9 @@ class HFReader(_BaseReader):
             truncated = True
             room = budget - len(self._ids(f"{label}\n\n"))
             if room >= 8:  # a few tokens of a passage would only add noise
-                parts.append(label + self.backend.decode(self._ids(text)[:room]))
-                shown.append(p)
+                cut = self.backend.decode(self._ids(text)[:room])
+                parts.append(label + cut)
+                shown.append(p.model_copy(update={"text": cut}))  # a citation quotes what was read
             break
         context = "\n\n".join(parts) if parts else "(no passages)"
         return _Context(context, truncated, shown)
