@@ -96,7 +96,7 @@ class WordOverlapReranker(Stage):
         for s in batch:
             q = set(re.findall(r"\w+", s.question.question.lower()))
             for p in s.passages:
-                p.score = float(len(q & set(re.findall(r"\w+", p.chunk.text.lower()))))
+                p.score = float(len(q & set(re.findall(r"\w+", p.text.lower()))))
             s.passages.sort(key=lambda p: -p.score)
         return batch
 
@@ -108,13 +108,9 @@ class FirstSentence(Stage):
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         for s in batch:
-            s.passages = [p for p in s.passages if "irrelevant" not in p.chunk.text]
+            s.passages = [p for p in s.passages if "irrelevant" not in p.text]
             for p in s.passages:
-                first = re.split(r"(?<=\.)\s+", p.chunk.text.strip())[0]
-                if "text" in Passage.model_fields:  # passages that keep the reader's text apart
-                    p.text = first  # type: ignore[attr-defined]
-                else:
-                    p.chunk.text = first
+                p.text = re.split(r"(?<=\.)\s+", p.text.strip())[0]
         return batch
 
 
