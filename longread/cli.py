@@ -145,7 +145,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             if cited and not c.cited:
                 continue
             snippet = " ".join(c.text.split())
-            snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
+            snippet = snippet if len(snippet) <= 160 else snippet[:159] + "…"
             print(f"  [{c.n}] {c.location()}: {snippet}")
     return 0
 
