@@ -305,7 +305,45 @@ def test_cite_style_turns_markers_into_citations(ctx: RunContext) -> None:
     for c in state.citations:
         ch = chunks[c.n - 1]
         assert (c.chunk_id, c.doc_id, c.start, c.end, c.text) == (ch.id, ch.doc_id, ch.start, ch.end, ch.text)
-        assert c.source == f"/data/{ch.doc_id}.txt" and c.page is None
+        assert c.source == f"/data/{ch.doc_id}.txt" and c.page is None and c.cited
+
+
+@pytest.mark.parametrize(
+    "raw,answer,cited",
+    [
+        ("[2] Zorbatown", "Zorbatown [2]", [2]),  # small models put the marker first, like the passages
+        ("Answer: Zorbatown\nSource: [1]", "Zorbatown [1]", [1]),
+        ("Answer: Zorbatown.\nSources: 1 and 3", "Zorbatown [1][3].", [1, 3]),
+        ("Zorbatown (passage 3) lies east.", "Zorbatown [3] lies east.", [3]),
+        ("It is Zorbatown [Passage 1, 2].", "It is Zorbatown [1][2].", [1, 2]),
+        ("It is Zorbatown.", "It is Zorbatown.", []),  # no marker: the passages read are listed, not cited
+        ("The answer is 2.", "The answer is 2.", []),  # a bare number is an answer, not a marker
+    ],
+)
+def test_cite_answers_are_cleaned_into_words_and_markers(ctx: RunContext, raw: str, answer: str, cited: list[int]) -> None:
+    be = ScriptedBackend(default=raw)
+    reader = HFReader({"prompt": "cite", "max_passages": 3})
+    reader.setup(_scripted_ctx(ctx, be))
+    state = reader([_state(ctx)])[0]
+    assert (state.answer, state.trace["raw_answer"]) == (answer, raw)
+    assert [c.n for c in state.citations if c.cited] == cited
+    if not cited:
+        assert [(c.n, c.cited) for c in state.citations] == [(1, False), (2, False), (3, False)]
+    assert state.usage_for("reader.hf").calls == 1
+
+
+def test_a_marker_only_cite_answer_gets_its_words_from_the_marked_passages(ctx: RunContext) -> None:
+    be = ScriptedBackend({"First write the answer in words": "[3][2]", "Reply with only the answer": "Zorbatown."})
+    reader = HFReader({"prompt": "cite", "max_passages": 3})
+    reader.setup(_scripted_ctx(ctx, be))
+    state = reader([_state(ctx)])[0]
+    assert state.answer == "Zorbatown [3][2]" and [c.n for c in state.citations] == [3, 2]
+    first, second = be.prompts
+    chunks = ctx.require_store().chunks
+    # The completion reads only the marked passages, under their own numbers.
+    assert f"[3] {chunks[2].text.strip()}" in second and f"[2] {chunks[1].text.strip()}" in second
+    assert "[1] " not in second
+    assert state.trace["cite_completion"] == "Zorbatown." and state.usage_for("reader.hf").calls == 2
 
 
 def test_styles_and_templates_reach_the_model(ctx: RunContext) -> None:

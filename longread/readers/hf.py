@@ -9,8 +9,9 @@ keeps ``raw_answer`` (the model's text before cleaning) and ``reader_truncated``
 ``reader.hf`` sets ``state.citations`` (see :mod:`longread.citations`): with the ``cite`` style
 the passages the answer's ``[n]`` markers point at (``cited=True``), with every other style (or a
 ``cite`` answer without a valid marker) the passages it read (``cited=False``). A passage cut to
-fit the budget is cited with the text that was read. ``reader.long_context`` reads whole
-documents and cites nothing.
+fit the budget is cited with the text that was read. A ``cite`` answer that is only markers
+("[2][3]") gets its words from one more, ``short``-style call over the passages it marks.
+``reader.long_context`` reads whole documents and cites nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import Field, field_validator
 from ..citations import citations_for
 from ..llm import GenRequest, load_backend
 from ..llm.params import ReaderLLMParams
-from ..llm.prompts import clean, clean_answer, parse_citations
+from ..llm.prompts import STYLES, PromptSpec, clean, clean_answer, has_words, parse_citations
 from ..llm.usage import record_error, record_generations
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
@@ -118,18 +119,53 @@ class _BaseReader(Stage):
             reqs = [GenRequest(messages=self._messages(c.text, s.question.question), max_new_tokens=p.answer_tokens)
                     for c, s in zip(contexts, batch)]
             gens = self.backend.generate(reqs)
-        for s, c, g in zip(batch, contexts, gens):
-            s.context = c.text
-            s.trace["reader_truncated"] = c.truncated
+            for s, c, g in zip(batch, contexts, gens):
+                s.context = c.text
+                s.trace["reader_truncated"] = c.truncated
+                if g.finish_reason == "error":
+                    record_error(s, self.key, g.error, spec=p.llm)
+                    continue
+                record_generations(s, self.key, [g], spec=p.llm)
+                s.trace["raw_answer"] = g.text
+                s.answer = clean(g.text, spec.cleaner)
+            if spec.cites:
+                self._complete_marker_only(batch, contexts)
+        for s, c in zip(batch, contexts):
+            if s.answer is not None and "error" not in s.trace:
+                s.citations = self._citations(s.answer, c.shown, spec.cites)
+        return batch
+
+    def _complete_marker_only(self, batch: list[QAState], contexts: list[_Context]) -> None:
+        """Give words to ``cite`` answers that are nothing but markers.
+
+        Small models often reply to the cite prompt with only "[2][3]": the right passages and no
+        answer. Such an answer is completed with one more call, the ``short`` style's question over
+        just the passages it marks (under their numbers), into "words [2][3]"; the trace keeps the
+        extra reply in ``cite_completion``.
+        """
+        p = self.params
+        short = PromptSpec(STYLES["short"])
+        todo = []
+        for s, c in zip(batch, contexts):
+            if s.answer is None or "error" in s.trace or has_words(s.answer):
+                continue
+            nums = parse_citations(s.answer, len(c.shown))
+            if nums:
+                marked = "\n\n".join(f"[{n}] {c.shown[n - 1].text.strip()}" for n in nums)
+                text = short.message(marked, s.question.question, source=self.source, extra=self.extra_instruction)
+                todo.append((s, nums, GenRequest(messages=[{"role": "user", "content": text}],
+                                                 max_new_tokens=STYLES["short"].max_new_tokens)))
+        if not todo:
+            return
+        for (s, nums, _), g in zip(todo, self.backend.generate([r for _, _, r in todo])):
             if g.finish_reason == "error":
                 record_error(s, self.key, g.error, spec=p.llm)
                 continue
             record_generations(s, self.key, [g], spec=p.llm)
-            s.trace["raw_answer"] = g.text
-            s.answer = clean(g.text, spec.cleaner)
-            s.citations = self._citations(s.answer, c.shown, spec.cites)
-        return batch
-
+            s.trace["cite_completion"] = g.text
+            words = clean_answer(g.text)
+            if words:
+                s.answer = f"{words} {''.join(f'[{n}]' for n in nums)}"
 
 class HFReaderParams(_ReaderParams):
     """Params of ``reader.hf``: ``llm`` (or ``model``), ``prompt`` (answer style or template),
