@@ -53,11 +53,14 @@ HEADINGS = ["Background", "Operations", "Records", "Outlook"]
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
+    # No two names share a syllable set: "Tekpimkal" and "Pimkaltek" look alike to a small model.
     out: list[str] = []
+    seen: set[frozenset[str]] = set()
     while len(out) < n:
-        name = "".join(rng.sample(_SYL, 3)).capitalize()
-        if name not in out:
-            out.append(name)
+        syl = rng.sample(_SYL, 3)
+        if frozenset(syl) not in seen:
+            seen.add(frozenset(syl))
+            out.append("".join(syl).capitalize())
     return out
 
 
@@ -91,7 +94,7 @@ def make_set(out: Path, n_pdfs: int, n_pages_docs: int, seed: int) -> tuple[list
     from longread.testing import write_pdf
     from longread.types import Question
 
-    params = {"pdfs": n_pdfs, "pages_docs": n_pages_docs, "seed": seed, "facts": FACTS}
+    params = {"pdfs": n_pdfs, "pages_docs": n_pages_docs, "seed": seed, "facts": FACTS, "version": 2}
     stamp = out / "params.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == json.loads(json.dumps(params)):
         facts = [json.loads(line) for line in (out / "facts.jsonl").read_text(encoding="utf-8").splitlines()]

