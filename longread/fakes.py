@@ -1,7 +1,7 @@
 """Fake stages for tests (yours and ours): cheap, deterministic, registered like real ones.
 
 - ``reader.echo``: answers with the first words of the best passage, and cites that passage as
-  read (``cited=False``; provenance from the chunk). It can be told to fail on
+  read (``cited=False``). It can be told to fail on
   questions containing a marker (to exercise error isolation) or to sleep per question (to have
   time to kill a run mid-way), or to kill its own worker once (to exercise Ray's retries).
 """
@@ -41,6 +41,10 @@ class EchoReader(Stage):
     key = "reader.echo"
     Params = EchoParams
 
+    def setup(self, ctx) -> None:
+        """Keep the corpus's documents: they give provenance to chunks stored without it."""
+        self.documents = ctx.store.documents if ctx.store is not None else None
+
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         p: EchoParams = self.params  # type: ignore[assignment]
         if p.crash_once_file is not None and not os.path.exists(p.crash_once_file):
@@ -54,7 +58,7 @@ class EchoReader(Stage):
                     time.sleep(p.sleep_s)
                 text = s.passages[0].text if s.passages else ""
                 s.answer = " ".join(text.split()[: p.words])
-                s.citations = citations_for(s.passages[:1], None, cited=False)
+                s.citations = citations_for(s.passages[:1], getattr(self, "documents", None), cited=False)
                 # "Tokens" read are words here: there is no tokenizer.
                 record(s, self.key, prompt_tokens=len(" ".join(x.text for x in s.passages).split()))
         return batch

@@ -23,6 +23,7 @@ from longread.integrations.llama_index import (
     LongreadPostprocessor,
     LongreadRetriever,
     documents_from_llama,
+    node_to_passage,
 )
 from longread.loaders import load_documents
 from longread.pipelines.pipeline import Pipeline
@@ -85,6 +86,11 @@ def test_retrieved_nodes_carry_source_page_heading_and_ref_doc_id(folder_index) 
 
     river = retriever.retrieve("Which river is the longest in Africa?")[0].node
     assert river.metadata["source"] == "notes.md" and river.metadata["heading"] == "Rivers" and "page" not in river.metadata
+
+    # Back into longread, a node keeps its provenance: a chunk that can be cited without its document.
+    back = node_to_passage(nodes[0])
+    assert back.chunk.provenance == ctx.store.chunks[ctx.store.chunk_pos[top.node_id]].provenance
+    assert (back.chunk.provenance.source, back.chunk.provenance.page) == ("reports/q1.pdf", 3) and back.text == top.get_content()
 
 
 class WordOverlapReranker(Stage):
