@@ -17,8 +17,10 @@ shares, no timings):
   occurs in it);
 - ``citation_precision``/``citation_recall`` (evaluator: a cited passage contains the gold value;
   the fact's document is cited);
-- ``marked``: answers with at least one ``[n]`` marker; ``cited``: citations in all; ``right_place``:
-  answers with a citation on the fact's file and page (PDF) or heading (Markdown/HTML).
+- ``marked``: answers with at least one ``[n]`` marker; ``cited``: marked citations in all;
+  ``right_place``: answers citing a passage of the fact's file that holds the fact (and, for PDFs,
+  names the fact's page); ``same_heading``: Markdown/HTML answers whose such citation also names the
+  fact's section (a chunk is named after the section it starts in).
 
     python benchmarks/citations.py                                 # qwen2.5-0.5b-instruct and smollm2, all questions
     python benchmarks/citations.py --models smollm2-135m-instruct --limit 3 --out /tmp/cite-bench
@@ -163,17 +165,22 @@ def config(model: str) -> dict[str, Any]:
 
 
 def place_counts(run_dir: Path, facts: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """``marked``, ``cited`` and ``right_place`` counted over the run's predictions."""
+    """Counts over the run's predictions: ``marked`` (answers with a marker), ``cited`` (marked
+    citations), ``right_place`` (answers citing a passage of the fact's file that holds the fact,
+    on the fact's page for PDFs) and ``same_heading`` (Markdown/HTML answers whose such citation
+    names the fact's section; a chunk that starts in the section before is named after that one)."""
     from longread.eval.evaluator import read_predictions
 
-    marked = cited = right = 0
+    marked = cited = right = heading = 0
     for p in read_predictions(run_dir / "predictions.jsonl"):
         f = facts[p.id]
         cs = [c for c in p.citations if c.cited]
         marked += bool(cs)
         cited += len(cs)
-        right += any(c.source == f["source"] and (f["page"] in c.pages if f["page"] else c.heading == f["heading"]) for c in cs)
-    return {"marked": marked, "cited": cited, "right_place": right}
+        holding = [c for c in cs if c.source == f["source"] and f["answer"] in c.text]
+        right += any(f["page"] in c.pages if f["page"] else True for c in holding)
+        heading += any(c.heading == f["heading"] for c in holding) if f["heading"] else 0
+    return {"marked": marked, "cited": cited, "right_place": right, "same_heading": heading}
 
 
 def contains_share(run_dir: Path, facts: dict[str, dict[str, Any]]) -> float:
@@ -220,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                **place_counts(rd, facts)}
         rows.append(row)
         print(json.dumps(row))
-    cols = ["model", "n", "em", "f1", "contains", "citation_precision", "citation_recall", "marked", "cited", "right_place"]
+    cols = ["model", "n", "em", "f1", "contains", "citation_precision", "citation_recall", "marked", "cited", "right_place",
+            "same_heading"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from .loaders.provenance import provenance
 from .types import Chunk, Citation, Document, Passage, Provenance
 
-__all__ = ["meta_provenance", "chunk_provenance", "citations_for"]
+__all__ = ["meta_provenance", "span_provenance", "chunk_provenance", "citations_for"]
 
 _KEYS = ("source", "page_starts", "headings")
 
@@ -49,10 +49,15 @@ def meta_provenance(doc: Document, start: int, end: int) -> Provenance | None:
     malformed ``page_starts`` or ``headings`` (they are longread's own format, so a wrong shape
     is a mistake, not free-form metadata).
     """
-    meta = doc.meta
+    return span_provenance(doc.id, doc.meta, start, end)
+
+
+def span_provenance(doc_id: str, meta: Mapping[str, Any], start: int, end: int) -> Provenance | None:
+    """:func:`meta_provenance` from a document's id and ``meta`` alone (a store that keeps the
+    metadata apart from the text need not read the text)."""
     if not any(meta.get(k) for k in _KEYS):
         return None
-    _check_meta(doc.id, meta)
+    _check_meta(doc_id, meta)
     prov = provenance(meta, start, end)
     source = prov["source"] if isinstance(prov["source"], str) else None
     return Provenance(source=source, pages=prov["pages"], heading=prov["heading"])
