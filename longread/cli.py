@@ -144,10 +144,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
         for c in state.citations:
             if cited and not c.cited:
                 continue
-            snippet = " ".join(c.text.split())
-            snippet = snippet if len(snippet) <= 160 else snippet[:159] + "…"
-            print(f"  [{c.n}] {c.location()}: {snippet}")
+            print(f"  [{c.n}] {c.location()}: {_snippet(c.text, state.answer or '')}")
     return 0
+
+
+def _snippet(text: str, answer: str, width: int = 160) -> str:
+    """``width`` characters of a cited passage: around the answer's words where the passage has
+    them (the part worth showing), else its start."""
+    from .llm.prompts import strip_citations
+
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    words = " ".join(strip_citations(answer).split()).rstrip(".")
+    at = flat.lower().find(words.lower()) if words else -1
+    start = 0 if at < 0 else max(0, min(at - width // 3, len(flat) - width))
+    out = flat[start : start + width]
+    return ("…" if start else "") + out + ("…" if start + width < len(flat) else "")
 
 
 def _citation_json(c: Any) -> dict[str, Any]:

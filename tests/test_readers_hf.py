@@ -332,6 +332,20 @@ def test_cite_answers_are_cleaned_into_words_and_markers(ctx: RunContext, raw: s
     assert state.usage_for("reader.hf").calls == 1
 
 
+def test_a_cite_answer_that_recites_its_passage_is_completed(ctx: RunContext) -> None:
+    # "[1] " and then passage 1's opening words: the model started copying passage 1, not answering.
+    opening = " ".join(ctx.require_store().chunks[0].text.split()[:4])
+    be = ScriptedBackend({"First write the answer in words": f"[1] {opening}", "Reply with only the answer": "Zorbatown"})
+    reader = HFReader({"prompt": "cite", "max_passages": 3})
+    reader.setup(_scripted_ctx(ctx, be))
+    state = reader([_state(ctx)])[0]
+    assert state.answer == "Zorbatown [1]" and state.trace["raw_answer"] == f"[1] {opening}"
+    # An answer in words of its own is kept as the model wrote it.
+    be2 = ScriptedBackend({"First write the answer in words": "[1] It is Zorbatown", "Reply with only the answer": "X"})
+    reader.setup(_scripted_ctx(ctx, be2))
+    assert reader([_state(ctx)])[0].answer == "It is Zorbatown [1]" and len(be2.prompts) == 1
+
+
 def test_a_marker_only_cite_answer_gets_its_words_from_the_marked_passages(ctx: RunContext) -> None:
     be = ScriptedBackend({"First write the answer in words": "[3][2]", "Reply with only the answer": "Zorbatown."})
     reader = HFReader({"prompt": "cite", "max_passages": 3})

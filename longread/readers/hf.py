@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from ..citations import citations_for
 from ..llm import GenRequest, load_backend
 from ..llm.params import ReaderLLMParams
-from ..llm.prompts import STYLES, PromptSpec, clean, clean_answer, has_words, parse_citations
+from ..llm.prompts import STYLES, PromptSpec, clean, clean_answer, has_words, parse_citations, strip_citations
 from ..llm.usage import record_error, record_generations
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
@@ -139,18 +139,19 @@ class _BaseReader(Stage):
         """Give words to ``cite`` answers that are nothing but markers.
 
         Small models often reply to the cite prompt with only "[2][3]": the right passages and no
-        answer. Such an answer is completed with one more call, the ``short`` style's question over
-        just the passages it marks (under their numbers), into "words [2][3]"; the trace keeps the
-        extra reply in ``cite_completion``.
+        answer; or with "[2]" and then the first words of passage 2, copied as if the marker were the
+        start of a passage. Such an answer is completed with one more call, the ``short`` style's
+        question over just the passages it marks (under their numbers), into "words [2][3]"; the
+        trace keeps the extra reply in ``cite_completion``.
         """
         p = self.params
         short = PromptSpec(STYLES["short"])
         todo = []
         for s, c in zip(batch, contexts):
-            if s.answer is None or "error" in s.trace or has_words(s.answer):
+            if s.answer is None or "error" in s.trace:
                 continue
             nums = parse_citations(s.answer, len(c.shown))
-            if nums:
+            if nums and (not has_words(s.answer) or _copies_a_start(s.answer, [c.shown[n - 1].text for n in nums])):
                 marked = "\n\n".join(f"[{n}] {c.shown[n - 1].text.strip()}" for n in nums)
                 text = short.message(marked, s.question.question, source=self.source, extra=self.extra_instruction)
                 todo.append((s, nums, GenRequest(messages=[{"role": "user", "content": text}],
@@ -166,6 +167,12 @@ class _BaseReader(Stage):
             words = clean_answer(g.text)
             if words:
                 s.answer = f"{words} {''.join(f'[{n}]' for n in nums)}"
+
+def _copies_a_start(answer: str, passages: list[str]) -> bool:
+    """True when the answer's words are the opening words of one of ``passages`` (a recital, not an answer)."""
+    words = strip_citations(answer).lower().split()
+    return bool(words) and any(p.lower().split()[: len(words)] == words for p in passages)
+
 
 class HFReaderParams(_ReaderParams):
     """Params of ``reader.hf``: ``llm`` (or ``model``), ``prompt`` (answer style or template),
