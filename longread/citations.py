@@ -16,12 +16,12 @@ Which passages a prediction cites is the reader's decision:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .loaders.provenance import provenance
 from .types import Chunk, Citation, Document, Passage, Provenance
 
-__all__ = ["meta_provenance", "span_provenance", "chunk_provenance", "citations_for"]
+__all__ = ["meta_provenance", "span_provenance", "span_provenance_fn", "chunk_provenance", "citations_for"]
 
 _KEYS = ("source", "page_starts", "headings")
 
@@ -55,12 +55,22 @@ def meta_provenance(doc: Document, start: int, end: int) -> Provenance | None:
 def span_provenance(doc_id: str, meta: Mapping[str, Any], start: int, end: int) -> Provenance | None:
     """:func:`meta_provenance` from a document's id and ``meta`` alone (a store that keeps the
     metadata apart from the text need not read the text)."""
+    return span_provenance_fn(doc_id, meta)(start, end)
+
+
+def span_provenance_fn(doc_id: str, meta: Mapping[str, Any]) -> Callable[[int, int], Provenance | None]:
+    """``(start, end) -> Provenance | None`` for many spans of one document: ``meta`` is checked
+    once (what chunking a long PDF into thousands of chunks needs)."""
     if not any(meta.get(k) for k in _KEYS):
-        return None
+        return lambda start, end: None
     _check_meta(doc_id, meta)
-    prov = provenance(meta, start, end)
-    source = prov["source"] if isinstance(prov["source"], str) else None
-    return Provenance(source=source, pages=prov["pages"], heading=prov["heading"])
+    source = meta.get("source") if isinstance(meta.get("source"), str) else None
+
+    def fn(start: int, end: int) -> Provenance:
+        prov = provenance(meta, start, end)
+        return Provenance(source=source, pages=prov["pages"], heading=prov["heading"])
+
+    return fn
 
 
 def chunk_provenance(chunk: Chunk, document: Document | None) -> Provenance:

@@ -14,7 +14,7 @@ document are ordered by ``start``, never empty or whitespace-only, and every cha
 the document outside all chunks is whitespace. Chunk ids are ``f"{doc_id}#{i}"``.
 
 Each chunk's ``provenance`` (source, pages, heading) is derived from its span and the document's
-loader metadata (:func:`longread.citations.meta_provenance`); None for documents without any.
+loader metadata (:func:`longread.citations.span_provenance_fn`); None for documents without any.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..citations import meta_provenance
+from ..citations import span_provenance_fn
 from ..config import ChunkerSpec
 from ..types import Chunk, Document
 
@@ -199,8 +199,9 @@ def chunk_document(
         spans = _sentence_chunks(doc, splitter)
     else:  # pragma: no cover - ChunkerSpec validates kind
         raise ValueError(f"unknown chunker kind {spec.kind!r}; valid kinds: tokens, sentences, whole")
+    prov = span_provenance_fn(doc.id, doc.meta)
     return [
-        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[a:b], start=a, end=b, provenance=meta_provenance(doc, a, b))
+        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[a:b], start=a, end=b, provenance=prov(a, b))
         for i, (a, b) in enumerate(spans)
     ]
 

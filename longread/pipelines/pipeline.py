@@ -389,7 +389,8 @@ def index_config_path(index_dir: str | Path) -> Path:
             return resolve_config_path(src)
         except ConfigError:
             pass
-    raise ValueError(f"index {str(index_dir)!r} was built with config {src!r}, which no longer exists; pass --config")
+    raise ValueError(f"index {str(index_dir)!r} was built with config {src!r}, which no longer exists (or never was a file); "
+                     "pass --config")
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
