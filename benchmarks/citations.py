@@ -22,6 +22,8 @@ shares, no timings):
   names the fact's page); ``same_heading``: Markdown/HTML answers whose such citation also names the
   fact's section (a chunk is named after the section it starts in).
 
+Needs fpdf2 (the ``test`` extra) to write the PDFs, and the two model packs.
+
     python benchmarks/citations.py                                 # qwen2.5-0.5b-instruct and smollm2, all questions
     python benchmarks/citations.py --models smollm2-135m-instruct --limit 3 --out /tmp/cite-bench
 """
