@@ -75,7 +75,7 @@ def relevant_ids(state: QAState, set_name: str) -> set[str]:
     if set_name == "hotpotqa":
         gold = set(state.question.gold_ids or [])
         return {p.chunk.id for p in state.passages if p.chunk.doc_id in gold}
-    return {p.chunk.id for p in state.passages if answer_in_texts(state.question.answers, [p.chunk.text])}
+    return {p.chunk.id for p in state.passages if answer_in_texts(state.question.answers, [p.text])}
 
 
 def run_stages(stages: list, states: list[QAState], batch: int) -> list[QAState]:
@@ -126,7 +126,7 @@ class Reader:
         if (k, max_ctx) not in self.stages:
             params = {"model": self.a.model, "max_new_tokens": self.a.answer_tokens, "max_passages": k, "max_context_tokens": max_ctx, "batch_size": 4}
             self.stages[(k, max_ctx)] = make(self.ctx, [("reader.hf", params)])
-        keys = [(k, max_ctx, s.question.id, tuple((p.chunk.id, p.chunk.text) for p in s.passages[:k])) for s in states]
+        keys = [(k, max_ctx, s.question.id, tuple((p.chunk.id, p.text) for p in s.passages[:k])) for s in states]
         todo = [i for i, key in enumerate(keys) if key not in self.cache]
         done = run_stages(self.stages[(k, max_ctx)], [states[i] for i in todo], 4)
         for i, st in zip(todo, done):
@@ -186,7 +186,7 @@ def ablation(set_name: str, retrieved: list[QAState], ctx: RunContext, read: Rea
                 r5.append(recall_at_k(ids, gold, 5))
                 nd.append(ndcg_at_k(ids, gold, 10))
             incompl += bool(s.trace.get("rerank_incomplete"))
-            ans += answer_in_texts(s.question.answers, [p.chunk.text for p in s.passages[: a.reader_k]])
+            ans += answer_in_texts(s.question.answers, [p.text for p in s.passages[: a.reader_k]])
         calls, toks = llm_use(states, [k for k, _ in specs])
         states = read(states, a.reader_k, 2048)
         t_read = reader_seconds(states)

@@ -84,7 +84,7 @@ def bench(set_name: str, retrieved: list[QAState], ctx: RunContext, a: argparse.
         t_comp = (time.perf_counter() - t0) / len(states)
         keys = [k for k, _ in specs]
         ratio, fallb = compression_of(states, keys)
-        ans = sum(answer_in_texts(s.question.answers, [p.chunk.text for p in s.passages]) for s in states) / len(states)
+        ans = sum(answer_in_texts(s.question.answers, [p.text for p in s.passages]) for s in states) / len(states)
         calls, toks = ab.llm_use(states, keys)
         t0 = time.perf_counter()
         states = ab.read(ctx, a, states, a.reader_k, 2048)

@@ -128,6 +128,58 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    import json
+
+    from .pipelines.pipeline import index_config_path
+
+    if not args.question.strip():
+        raise ValueError("the question is empty")
+    index_dir = Path(args.index)
+    config = args.config or index_config_path(index_dir)
+    pipe = _pipeline(args, str(config))
+    state = pipe.ask(args.question, index_dir=index_dir, doc_ids=args.doc or None)
+    err = state.trace.get("error")
+    if err:
+        raise ValueError(f"could not answer: {' '.join(str(err).split())}")
+    if args.json:
+        out = {"answer": state.answer, "citations": [_citation_json(c) for c in state.citations]}
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    print(state.answer if state.answer else "(no answer)")
+    if state.citations:
+        cited = any(c.cited for c in state.citations)
+        print()
+        print("Cited:" if cited else "Read (the answer marks no passage):")
+        for c in state.citations:
+            if cited and not c.cited:
+                continue
+            print(f"  [{c.n}] {c.location()}: {_snippet(c.text, state.answer or '')}")
+    return 0
+
+
+def _snippet(text: str, answer: str, width: int = 160) -> str:
+    """``width`` characters of a cited passage: around the answer's words where the passage has
+    them (the part worth showing), else its start."""
+    from .llm.prompts import strip_citations
+
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    words = " ".join(strip_citations(answer).split()).rstrip(".")
+    at = flat.lower().find(words.lower()) if words else -1
+    start = 0 if at < 0 else max(0, min(at - width // 3, len(flat) - width))
+    out = flat[start : start + width]
+    return ("…" if start else "") + out + ("…" if start + width < len(flat) else "")
+
+
+def _citation_json(c: Any) -> dict[str, Any]:
+    """A citation as ``longread ask --json`` prints it: the six documented keys first."""
+    d = c.model_dump(mode="json")
+    head = {k: d.pop(k) for k in ("doc_id", "source", "page", "start", "end", "text")}
+    return {**head, **d}
+
+
 def _print_metrics(m: dict[str, Any], run_dir: Path) -> None:
     keys = ["n", "n_errors", "em", "f1", "answer_recall", "recall@5", "ndcg@10", "reader_tokens_mean", "ttft_s_mean", "seconds_per_question"]
     parts = []
@@ -344,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ask", help="answer one question against a built index, with the sources it cites")
+    p.add_argument("question", help="the question (quote it)")
+    p.add_argument("--index", required=True, help="index dir built by longread index")
+    p.add_argument("--config", default=None,
+                   help="YAML config path or built-in name (default: the config the index was built with)")
+    p.add_argument("--doc", action="append", default=None, metavar="DOC_ID",
+                   help="search only this document (repeatable; long-context configs need it)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"answer", "citations": [{doc_id, source, page, start, end, text, ...}]}')
+    p.add_argument("--verify", action="store_true", help="check the index's sha256s before answering (default: sizes only)")
+    _common(p)
+    p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("eval", help="(re)compute metrics.json and report.md of a run dir")
     p.add_argument("run_dir")

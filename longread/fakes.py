@@ -1,6 +1,7 @@
 """Fake stages for tests (yours and ours): cheap, deterministic, registered like real ones.
 
-- ``reader.echo``: answers with the first words of the best passage. It can be told to fail on
+- ``reader.echo``: answers with the first words of the best passage, and cites that passage as
+  read (``cited=False``). It can be told to fail on
   questions containing a marker (to exercise error isolation) or to sleep per question (to have
   time to kill a run mid-way), or to kill its own worker once (to exercise Ray's retries).
   With ``index_part`` it also declares a sharded index part (words per chunk) whose map can sleep
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import Field
 
+from .citations import citations_for
 from .llm.usage import record
 from .registry import register
 from .stage import ChunkShard, IndexBuilder, Params, RunContext, ShardedBuilder, Stage, timed
@@ -63,7 +65,9 @@ class EchoReader(Stage):
         np.save(out / "words.npy", np.concatenate(parts) if parts else np.zeros(0, np.int64))
 
     def setup(self, ctx: RunContext) -> None:
-        """With ``index_part``: check the part covers every chunk."""
+        """Keep the corpus's documents (they give provenance to chunks stored without it); with
+        ``index_part``, check the part covers every chunk."""
+        self.documents = ctx.store.documents if ctx.store is not None else None
         if self.params.index_part:
             words = np.load(ctx.index_part("echo-words") / "words.npy", mmap_mode="r")
             if len(words) != len(ctx.require_store()):
@@ -80,8 +84,9 @@ class EchoReader(Stage):
                     raise ValueError(f"question {s.question.id!r} contains {p.fail_on!r}")
                 if p.sleep_s:
                     time.sleep(p.sleep_s)
-                text = s.passages[0].chunk.text if s.passages else ""
+                text = s.passages[0].text if s.passages else ""
                 s.answer = " ".join(text.split()[: p.words])
+                s.citations = citations_for(s.passages[:1], getattr(self, "documents", None), cited=False)
                 # "Tokens" read are words here: there is no tokenizer.
-                record(s, self.key, prompt_tokens=len(" ".join(x.chunk.text for x in s.passages).split()))
+                record(s, self.key, prompt_tokens=len(" ".join(x.text for x in s.passages).split()))
         return batch

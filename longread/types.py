@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "Record",
     "Document",
+    "Provenance",
     "Chunk",
     "Question",
     "Passage",
@@ -79,14 +80,40 @@ class Document(Record):
         return v
 
 
+class Provenance(Record):
+    """Where a chunk comes from, beyond its document id and span: what a citation names.
+
+    ``source`` is the document's file or URL (``meta["source"]``), ``pages`` the 1-based PDF
+    pages the span touches (``[]`` when the document records no pages), ``heading`` the section
+    heading the span lies under (None when unknown). Derived from the document's loader metadata
+    by :func:`longread.loaders.provenance` when the chunk is cut.
+    """
+
+    source: str | None = None
+    pages: list[int] = Field(default_factory=list)
+    heading: str | None = None
+
+    @property
+    def page(self) -> int | None:
+        """The first page of the span, or None."""
+        return self.pages[0] if self.pages else None
+
+
 class Chunk(Record):
-    """A span of a document; ``text == document.text[start:end]``."""
+    """A span of a document; ``text == document.text[start:end]``.
+
+    ``provenance`` (source, pages, heading) is set at chunking time for documents whose ``meta``
+    records any of them (files read by :mod:`longread.loaders`); None otherwise, and for chunks
+    of stores that do not keep it (:func:`longread.citations.chunk_provenance` then derives it
+    from the document).
+    """
 
     id: str
     doc_id: str
     text: str
     start: int = Field(ge=0)
     end: int = Field(ge=0)
+    provenance: Provenance | None = None
 
     @model_validator(mode="after")
     def _span(self) -> "Chunk":
@@ -118,11 +145,28 @@ class Question(Record):
 
 
 class Passage(Record):
-    """A retrieved chunk with its current score and the score each stage gave it."""
+    """A retrieved chunk with what the reader will see of it, its score and each stage's score.
+
+    ``text`` is the passage as stages after retrieval read it: the chunk's text unless a
+    compressor rewrote it (given as None or left out, it is the chunk's text). ``chunk`` is never
+    changed, so its id, span and provenance stay those of the indexed chunk.
+    """
 
     chunk: Chunk
+    text: str = ""
     score: float
     scores: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_text(cls, data: Any) -> Any:
+        # No text given (records written before passages had one, retrievers): the chunk's.
+        if isinstance(data, dict) and data.get("text") is None and "chunk" in data:
+            c = data["chunk"]
+            text = c.get("text") if isinstance(c, dict) else getattr(c, "text", None)
+            if isinstance(text, str):
+                data = {**data, "text": text}
+        return data
 
 
 class Usage(Record):
@@ -158,29 +202,60 @@ class Usage(Record):
 
 
 class Citation(Record):
-    """A passage an answer cites with an ``[n]`` marker (the ``cite`` answer style).
+    """A passage an answer rests on, located in its document.
 
-    ``n`` is the marker's number (the passage's 1-based position in the reader's prompt);
-    ``doc_id``/``chunk_id``/``start``/``end`` locate the passage in its document, ``text`` is the
-    passage text the reader saw. ``source`` (file or URL) and ``page`` come from the document's
-    metadata and are ``None`` when it does not record them.
+    ``cited`` tells the two kinds apart: True for a passage the answer marks with ``[n]`` (the
+    ``cite`` answer style), False for a passage the reader read without the answer pointing at
+    it (every other style lists the passages it read). ``n`` is the passage's 1-based position
+    in the reader's prompt (its marker number). ``doc_id``/``chunk_id``/``start``/``end`` locate
+    the passage in its document, ``text`` is the passage text the reader saw (compressed, if a
+    compressor ran). ``source`` (file or URL), ``pages`` (1-based PDF pages the span touches;
+    ``page`` is the first) and ``heading`` come from the chunk's provenance; None/``[]`` when the
+    document does not record them.
+
+    Records written before ``cited``/``pages``/``heading`` existed read as cited (they came from
+    ``[n]`` markers) with ``pages == [page]``.
     """
 
     n: int = Field(ge=1)
     doc_id: str
     chunk_id: str
     source: str | None = None
-    page: int | None = None
+    page: int | None = Field(default=None, ge=1)
+    pages: list[int] = Field(default_factory=list)
+    heading: str | None = None
     start: int = Field(ge=0)
     end: int = Field(ge=0)
     text: str
+    cited: bool = True
+
+    @model_validator(mode="after")
+    def _pages(self) -> "Citation":
+        if not self.pages and self.page is not None:
+            self.pages = [self.page]
+        elif self.pages and self.page is None:
+            self.page = self.pages[0]
+        elif self.pages and self.page != self.pages[0]:
+            raise ValueError(f"citation page ({self.page}) must be the first of pages ({self.pages})")
+        return self
+
+    def location(self) -> str:
+        """``source p. N`` (or ``pp. N-M``), the document id when there is no source, plus the heading."""
+        where = self.source or self.doc_id
+        if self.pages:
+            first, last = self.pages[0], self.pages[-1]
+            where += f" p. {first}" if first == last else f" pp. {first}-{last}"
+        if self.heading:
+            where += f" ({self.heading})"
+        return where
 
 
 class QAState(Record):
     """The only thing that flows between query stages: one question and what stages added.
 
-    ``usage`` holds typed cost records per stage; ``citations`` the passages a ``cite``-style
-    answer points at; ``trace`` only method-specific debug data.
+    ``usage`` holds typed cost records per stage; ``citations`` the passages the answer rests on
+    (see :class:`Citation`: marked ``[n]`` by a ``cite``-style answer, or read by the reader);
+    ``trace`` only method-specific debug data.
     """
 
     question: Question

@@ -97,21 +97,22 @@ def test_tiny_lm_keeps_ids_offsets_and_counts_calls(hub, tiny_lm_dir):
     for a, b in zip(o.passages, st.passages):
         assert (a.chunk.doc_id, a.chunk.start, a.chunk.end, a.score, a.scores) == (
             b.chunk.doc_id, b.chunk.start, b.chunk.end, b.score, b.scores)
-    assert o.passages[1].chunk.text == "short one"  # below min_chars: untouched
+        assert a.chunk == b.chunk  # the chunk (text included) is the indexed one; only passage.text changes
+    assert o.passages[1].text == "short one"  # below min_chars: untouched
     rec = o.trace["compression"]["compressor.color"]
     assert rec["skipped"] == 1 and rec["compressed"] + rec["fallbacks"] == 2
-    assert rec["original_chars"] == {p.chunk.id: len(p.chunk.text) for p in st.passages}
+    assert rec["original_chars"] == {p.chunk.id: len(p.text) for p in st.passages}
     count = stage.backend.count_tokens
-    assert rec["tokens_in"] == sum(count(p.chunk.text) for p in st.passages)
-    assert rec["tokens_out"] == sum(count(p.chunk.text) for p in o.passages)
+    assert rec["tokens_in"] == sum(count(p.text) for p in st.passages)
+    assert rec["tokens_out"] == sum(count(p.text) for p in o.passages)
     [u] = o.usage
     assert (u.stage, u.calls, u.backend) == ("compressor.color", 2, "hf")
     assert u.prompt_tokens > count(LONG) and 0 < u.new_tokens <= 2 * 12 and u.seconds > 0
     assert not {"llm_calls", "llm_tokens", "timings"} & set(o.trace)
-    assert st.passages[0].chunk.text == LONG  # the input state is not mutated
+    assert st.passages[0].text == st.passages[0].chunk.text == LONG  # the input state is not mutated
     # The random tiny LM writes byte soup: every compressed passage fell back to its original.
     for a, b in zip(o.passages, st.passages):
-        assert a.chunk.text in (b.chunk.text,) or count(a.chunk.text) <= 12
+        assert a.text in (b.text,) or count(a.text) <= 12
 
 
 def test_summarize_respects_per_passage_budgets_on_tiny_lm(hub, tiny_lm_dir):
@@ -137,9 +138,10 @@ def test_scripted_outputs_fallbacks_and_budget(tiny_tok):
         stage = ColorCompressor({"model": "any", "min_chars": 0, "fallback": fallback, "max_new_tokens": 64})
         stage.setup(RunContext(models=FakeHub(lm)))
         out = stage([_state(texts)])[0]
-        assert out.passages[0].chunk.text == good
+        assert out.passages[0].text == good
         want = texts[1:] if fallback == "original" else ["", ""]
-        assert [p.chunk.text for p in out.passages[1:]] == want
+        assert [p.text for p in out.passages[1:]] == want
+        assert [p.chunk.text for p in out.passages] == texts  # compressors never rewrite a chunk
         rec = out.trace["compression"]["compressor.color"]
         assert (rec["compressed"], rec["fallbacks"]) == (1, 2)
 
@@ -149,7 +151,8 @@ def test_scripted_outputs_fallbacks_and_budget(tiny_tok):
     out = stage([_state([LONG])])[0]
     budget = math.ceil(0.1 * lm.count_tokens(LONG))
     assert out.trace["compression"]["compressor.color"]["budgets"] == {"q1-c0": budget}
-    text = out.passages[0].chunk.text
+    text = out.passages[0].text
+    assert out.passages[0].chunk.text == LONG
     assert text and lm.count_tokens(text) <= budget < lm.count_tokens(good)
     assert out.trace["compression"]["compressor.color"]["ratio"] < 0.15
 

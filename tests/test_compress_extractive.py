@@ -93,20 +93,20 @@ def test_stage_on_tiny_encoder_picks_the_query_sentence(hub, tiny_encoder_dir):
     stage.setup(RunContext(models=hub))
     st = _state([P1, P2])
     out = stage([st])[0]
-    assert out.passages[0].chunk.text == Q
+    assert out.passages[0].text == Q
     for p_out, p_in in zip(out.passages, st.passages):
-        assert (p_out.chunk.id, p_out.chunk.start, p_out.chunk.end) == (p_in.chunk.id, p_in.chunk.start, p_in.chunk.end)
-        kept = _sentences(p_out.chunk.text) if p_out.chunk.text else []
+        assert p_out.chunk == p_in.chunk  # id, offsets, provenance and text as indexed
+        kept = _sentences(p_out.text) if p_out.text else []
         orig = _sentences(p_in.chunk.text)
         # a subsequence of the original sentences, in order, within the budget
         it = iter(orig)
         assert all(any(s == o for o in it) for s in kept)
-        assert count_tokens(p_out.chunk.text) <= budget
+        assert count_tokens(p_out.text) <= budget
     rec = out.trace["compression"]["compressor.extractive"]
     assert rec["tokens_in"] == count_tokens(P1) + count_tokens(P2)
-    assert rec["tokens_out"] == sum(count_tokens(p.chunk.text) for p in out.passages)
+    assert rec["tokens_out"] == sum(count_tokens(p.text) for p in out.passages)
     assert out.usage_for("compressor.extractive").seconds > 0
-    assert st.passages[0].chunk.text == P1  # input untouched
+    assert st.passages[0].text == P1  # input untouched
 
 
 def test_scope_all_shares_one_budget_and_drops_empty(hub, tiny_encoder_dir):
@@ -115,7 +115,7 @@ def test_scope_all_shares_one_budget_and_drops_empty(hub, tiny_encoder_dir):
     stage.setup(RunContext(models=hub))
     out = stage([_state([P2, P1]), _state([])])
     assert [p.chunk.id for p in out[0].passages] == ["c1"]
-    assert out[0].passages[0].chunk.text == Q
+    assert out[0].passages[0].text == Q and out[0].passages[0].chunk.text == P1
     rec = out[0].trace["compression"]["compressor.extractive"]
     assert rec["dropped"] == 1 and rec["tokens_out"] == budget
     assert out[1].passages == [] and out[1].trace["compression"]["compressor.extractive"]["ratio"] == 1.0
@@ -123,7 +123,8 @@ def test_scope_all_shares_one_budget_and_drops_empty(hub, tiny_encoder_dir):
                                  "drop_empty": False})
     keep.setup(RunContext(models=hub))
     kept = keep([_state([P2, P1])])[0]
-    assert [p.chunk.text for p in kept.passages] == ["", Q]
+    assert [p.text for p in kept.passages] == ["", Q]
+    assert [p.chunk.text for p in kept.passages] == [P2, P1]
 
 
 def test_call_before_setup_raises():
@@ -139,4 +140,4 @@ def test_real_minilm_selects_the_answer_sentence(hub):
     stage = ExtractiveCompressor({"budget_tokens": 16})
     stage.setup(RunContext(models=hub))
     out = stage([_state([text], question="In what year was Zorbatown founded?")])[0]
-    assert out.passages[0].chunk.text == "The town of Zorbatown was established in 1742 by river traders."
+    assert out.passages[0].text == "The town of Zorbatown was established in 1742 by river traders."

@@ -287,3 +287,19 @@ def test_citations_are_scored_and_markers_do_not_hurt_em():
     plain = evaluate([P("q1", "[2]"), P("q2", "Broncos")], qs[:2])
     assert plain["citation_precision"] is None and plain["citation_recall"] is None
     assert evaluate([P("q1", "2")], [Q("q1", ["[2]"])])["em"] == evaluate([P("q1", "[2]")], [Q("q1", ["[2]"])])["em"] == 1.0
+
+
+def test_passages_merely_read_are_not_scored_as_citations():
+    qs = [Q("q1", ["Paris"], gold=["d2"]), Q("q2", ["Broncos"], gold=["d1"])]
+    read = [_cite(1, "d1#0", "Nothing.").model_copy(update={"cited": False}),
+            _cite(2, "d2#0", "Paris is big.").model_copy(update={"cited": False})]
+    # A run that only lists the passages its reader read has no citation metrics at all.
+    m = evaluate([P("q1", "Paris").model_copy(update={"citations": read}), P("q2", "Broncos")], qs)
+    assert m["citation_precision"] is None and m["citation_recall"] is None
+    # Mixed with marked ones, only the marked count: q1 marks d1 (no gold answer, not the gold doc).
+    mixed = [read[0].model_copy(update={"cited": True}), read[1]]
+    rows = score_predictions([P("q1", "Paris [1]").model_copy(update={"citations": mixed}),
+                              P("q2", "Broncos").model_copy(update={"citations": read})], qs)
+    assert [r["citations"] for r in rows] == [1, 0]
+    assert [r["citation_precision"] for r in rows] == [0.0, None]
+    assert [r["citation_recall"] for r in rows] == [0.0, 0.0]

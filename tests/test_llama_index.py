@@ -23,6 +23,7 @@ from longread.integrations.llama_index import (
     LongreadPostprocessor,
     LongreadRetriever,
     documents_from_llama,
+    node_to_passage,
 )
 from longread.loaders import load_documents
 from longread.pipelines.pipeline import Pipeline
@@ -86,6 +87,11 @@ def test_retrieved_nodes_carry_source_page_heading_and_ref_doc_id(folder_index) 
     river = retriever.retrieve("Which river is the longest in Africa?")[0].node
     assert river.metadata["source"] == "notes.md" and river.metadata["heading"] == "Rivers" and "page" not in river.metadata
 
+    # Back into longread, a node keeps its provenance: a chunk that can be cited without its document.
+    back = node_to_passage(nodes[0])
+    assert back.chunk.provenance == ctx.store.chunks[ctx.store.chunk_pos[top.node_id]].provenance
+    assert (back.chunk.provenance.source, back.chunk.provenance.page) == ("reports/q1.pdf", 3) and back.text == top.get_content()
+
 
 class WordOverlapReranker(Stage):
     """Test reranker: score = question words in the passage, best first."""
@@ -96,7 +102,7 @@ class WordOverlapReranker(Stage):
         for s in batch:
             q = set(re.findall(r"\w+", s.question.question.lower()))
             for p in s.passages:
-                p.score = float(len(q & set(re.findall(r"\w+", p.chunk.text.lower()))))
+                p.score = float(len(q & set(re.findall(r"\w+", p.text.lower()))))
             s.passages.sort(key=lambda p: -p.score)
         return batch
 
@@ -108,13 +114,9 @@ class FirstSentence(Stage):
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
         for s in batch:
-            s.passages = [p for p in s.passages if "irrelevant" not in p.chunk.text]
+            s.passages = [p for p in s.passages if "irrelevant" not in p.text]
             for p in s.passages:
-                first = re.split(r"(?<=\.)\s+", p.chunk.text.strip())[0]
-                if "text" in Passage.model_fields:  # passages that keep the reader's text apart
-                    p.text = first  # type: ignore[attr-defined]
-                else:
-                    p.chunk.text = first
+                p.text = re.split(r"(?<=\.)\s+", p.text.strip())[0]
         return batch
 
 

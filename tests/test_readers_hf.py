@@ -193,7 +193,10 @@ def test_rag_reader_prompt_and_usage(ctx: RunContext, tiny_lm_dir: Path) -> None
     assert not {"reader_tokens", "ttft_s", "new_tokens", "llm_calls", "llm_tokens", "timings"} & set(t)
     assert t["reader_truncated"] is False
     assert isinstance(state.answer, str) and state.answer == clean_answer(t["raw_answer"])
-    assert state.citations == []  # short answers cite nothing
+    # A short answer marks nothing: its citations are the three passages it read, not cited.
+    assert [(c.n, c.chunk_id, c.text, c.cited) for c in state.citations] == [
+        (i + 1, chunks[i].id, chunks[i].text, False) for i in range(3)
+    ]
 
 
 def test_rag_reader_batch_equals_single_and_counts_calls(ctx: RunContext, tiny_lm_dir: Path) -> None:
@@ -302,7 +305,59 @@ def test_cite_style_turns_markers_into_citations(ctx: RunContext) -> None:
     for c in state.citations:
         ch = chunks[c.n - 1]
         assert (c.chunk_id, c.doc_id, c.start, c.end, c.text) == (ch.id, ch.doc_id, ch.start, ch.end, ch.text)
-        assert c.source == f"/data/{ch.doc_id}.txt" and c.page is None
+        assert c.source == f"/data/{ch.doc_id}.txt" and c.page is None and c.cited
+
+
+@pytest.mark.parametrize(
+    "raw,answer,cited",
+    [
+        ("[2] Zorbatown", "Zorbatown [2]", [2]),  # small models put the marker first, like the passages
+        ("Answer: Zorbatown\nSource: [1]", "Zorbatown [1]", [1]),
+        ("Answer: Zorbatown.\nSources: 1 and 3", "Zorbatown [1][3].", [1, 3]),
+        ("Zorbatown (passage 3) lies east.", "Zorbatown [3] lies east.", [3]),
+        ("It is Zorbatown [Passage 1, 2].", "It is Zorbatown [1][2].", [1, 2]),
+        ("It is Zorbatown.", "It is Zorbatown.", []),  # no marker: the passages read are listed, not cited
+        ("The answer is 2.", "The answer is 2.", []),  # a bare number is an answer, not a marker
+    ],
+)
+def test_cite_answers_are_cleaned_into_words_and_markers(ctx: RunContext, raw: str, answer: str, cited: list[int]) -> None:
+    be = ScriptedBackend(default=raw)
+    reader = HFReader({"prompt": "cite", "max_passages": 3})
+    reader.setup(_scripted_ctx(ctx, be))
+    state = reader([_state(ctx)])[0]
+    assert (state.answer, state.trace["raw_answer"]) == (answer, raw)
+    assert [c.n for c in state.citations if c.cited] == cited
+    if not cited:
+        assert [(c.n, c.cited) for c in state.citations] == [(1, False), (2, False), (3, False)]
+    assert state.usage_for("reader.hf").calls == 1
+
+
+def test_a_cite_answer_that_recites_its_passage_is_completed(ctx: RunContext) -> None:
+    # "[1] " and then passage 1's opening words: the model started copying passage 1, not answering.
+    opening = " ".join(ctx.require_store().chunks[0].text.split()[:4])
+    be = ScriptedBackend({"First write the answer in words": f"[1] {opening}", "Reply with only the answer": "Zorbatown"})
+    reader = HFReader({"prompt": "cite", "max_passages": 3})
+    reader.setup(_scripted_ctx(ctx, be))
+    state = reader([_state(ctx)])[0]
+    assert state.answer == "Zorbatown [1]" and state.trace["raw_answer"] == f"[1] {opening}"
+    # An answer in words of its own is kept as the model wrote it.
+    be2 = ScriptedBackend({"First write the answer in words": "[1] It is Zorbatown", "Reply with only the answer": "X"})
+    reader.setup(_scripted_ctx(ctx, be2))
+    assert reader([_state(ctx)])[0].answer == "It is Zorbatown [1]" and len(be2.prompts) == 1
+
+
+def test_a_marker_only_cite_answer_gets_its_words_from_the_marked_passages(ctx: RunContext) -> None:
+    be = ScriptedBackend({"First write the answer in words": "[3][2]", "Reply with only the answer": "Zorbatown."})
+    reader = HFReader({"prompt": "cite", "max_passages": 3})
+    reader.setup(_scripted_ctx(ctx, be))
+    state = reader([_state(ctx)])[0]
+    assert state.answer == "Zorbatown [3][2]" and [c.n for c in state.citations] == [3, 2]
+    first, second = be.prompts
+    chunks = ctx.require_store().chunks
+    # The completion reads only the marked passages, under their own numbers.
+    assert f"[3] {chunks[2].text.strip()}" in second and f"[2] {chunks[1].text.strip()}" in second
+    assert "[1] " not in second
+    assert state.trace["cite_completion"] == "Zorbatown." and state.usage_for("reader.hf").calls == 2
 
 
 def test_styles_and_templates_reach_the_model(ctx: RunContext) -> None:

@@ -9,8 +9,8 @@ is query-agnostic, a compression could be cached per chunk; this stage compresse
 that it composes with any retriever.
 
 Generation goes through the generation layer (``llm:``; any backend, ``hf`` when an ``adapter``
-is merged in). Each compressed passage keeps its chunk id, doc id and character offsets; only
-``chunk.text`` is replaced. What the stage did is recorded per question in
+is merged in). Only ``passage.text`` is replaced: the passage's chunk (id, doc id, character
+offsets, provenance and text) stays the indexed one, so citations still point at the source. What the stage did is recorded per question in
 ``trace["compression"]["compressor.color"]`` (tokens in/out, ratio, how many passages were skipped
 or fell back, and per passage the original length), and its LLM calls and tokens in the stage's
 :class:`~longread.types.Usage` record.
@@ -289,14 +289,14 @@ class ColorCompressor(Stage):
             tok_in: dict[tuple[int, int], int] = {}
             for si, st in enumerate(batch):
                 for pi, ps in enumerate(st.passages):
-                    n_in = count(ps.chunk.text)
+                    n_in = count(ps.text)
                     tok_in[(si, pi)] = n_in
-                    if len(ps.chunk.text) < p.min_chars:
+                    if len(ps.text) < p.min_chars:
                         continue
                     budget = p.max_new_tokens
                     if p.ratio is not None:
                         budget = min(budget, max(1, math.ceil(p.ratio * n_in)))
-                    jobs.append((si, pi, ps.chunk.text, budget))
+                    jobs.append((si, pi, ps.text, budget))
             sums = summarize(self.backend, [j[2] for j in jobs], max_new_tokens=[j[3] for j in jobs],
                              max_input_tokens=p.max_input_tokens)
             done = {(j[0], j[1]): (j, s) for j, s in zip(jobs, sums)}
@@ -309,7 +309,7 @@ class ColorCompressor(Stage):
                 for pi, ps in enumerate(st.passages):
                     n_in = tok_in[(si, pi)]
                     rec["tokens_in"] += n_in
-                    rec["original_chars"][ps.chunk.id] = len(ps.chunk.text)
+                    rec["original_chars"][ps.chunk.id] = len(ps.text)
                     if (si, pi) not in done:
                         rec["skipped"] += 1
                         rec["tokens_out"] += n_in
@@ -320,14 +320,14 @@ class ColorCompressor(Stage):
                     new_tokens += summ.new_tokens
                     error = error or summ.error
                     rec["budgets"][ps.chunk.id] = job[3]
-                    text = clean_summary(summ.text, ps.chunk.text)
+                    text = clean_summary(summ.text, ps.text)
                     if text is not None:
                         text = self._truncate(text, job[3])
                         rec["compressed"] += 1
                     else:
                         rec["fallbacks"] += 1
-                        text = ps.chunk.text if p.fallback == "original" else ""
-                    ps.chunk.text = text
+                        text = ps.text if p.fallback == "original" else ""
+                    ps.text = text
                     rec["tokens_out"] += count(text)
                 rec["ratio"] = rec["tokens_out"] / rec["tokens_in"] if rec["tokens_in"] else 1.0
                 st.trace.setdefault("compression", {})[self.key] = rec

@@ -3,8 +3,9 @@
 Each passage is split into sentences; every sentence is scored by the cosine similarity of its
 encoder embedding to the query's; the best sentences are taken greedily while they fit the token
 budget — per passage (``scope: passage``) or shared by all passages of a question
-(``scope: all``) — and written back in their original order. The output text of a passage is
-therefore a subsequence of its own sentences; ids and offsets of the chunk are kept.
+(``scope: all``) — and written back in their original order into ``passage.text``, which is
+therefore a subsequence of the passage's own sentences; the chunk (id, offsets, provenance,
+text) is left as indexed.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class ExtractiveCompressor(Stage):
             for st in batch:
                 per_passage = []
                 for ps in st.passages:
-                    text = ps.chunk.text
+                    text = ps.text
                     spans = split_sentences(text)
                     lens = [count_tokens(text[a:b]) for a, b in spans]
                     first = len(sentences)
@@ -174,9 +175,8 @@ class ExtractiveCompressor(Stage):
                 for ps, (spans, lens, _), ks in zip(st.passages, per_passage, keep):
                     rec["tokens_in"] += sum(lens)
                     rec["sentences_in"] += len(spans)
-                    rec["original_chars"][ps.chunk.id] = len(ps.chunk.text)
-                    src = ps.chunk.text
-                    ps.chunk.text = " ".join(src[spans[k][0] : spans[k][1]] for k in ks)
+                    rec["original_chars"][ps.chunk.id] = len(ps.text)
+                    ps.text = " ".join(ps.text[spans[k][0] : spans[k][1]] for k in ks)
                     rec["tokens_out"] += sum(lens[k] for k in ks)
                     rec["sentences_out"] += len(ks)
                     if not ks and p.drop_empty:

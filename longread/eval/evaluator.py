@@ -11,9 +11,10 @@ Rules:
   them in ``answer``; an answer that is nothing but markers is scored as it is).
 - An errored prediction stays in every denominator: EM = F1 = 0, answer recall and retrieval
   recall 0, counted in ``n_errors``. Nothing is dropped.
-- Citations (runs where any answer cites): ``citation_precision`` is the share of a question's
-  citations whose passage text contains a gold answer (normalized), undefined for a question
-  without citations; ``citation_recall`` is the share of its ``gold_ids`` (chunk or document ids)
+- Citations (runs where any answer cites): only citations an answer marks with ``[n]``
+  (``Citation.cited``) count; passages listed as merely read do not. ``citation_precision`` is the
+  share of a question's citations whose passage text contains a gold answer (normalized), undefined
+  for a question without citations; ``citation_recall`` is the share of its ``gold_ids`` (chunk or document ids)
   that some citation points at, 0 for a question (or error) without citations. Both are ``None``
   in a run without citations.
 - A metric that cannot be computed for any question (no gold answers, no ``gold_ids``, no
@@ -159,7 +160,10 @@ def score_predictions(
     # A run whose stages never returned a passage (a long-context reader alone) has no ranking:
     # recall@k and nDCG are null for it, not 0.
     retrieval_ran = any(p.passage_ids for _, p in pairs)
-    cites = any(p.citations for _, p in pairs)
+    # Only ``[n]``-marked citations are the answer's claims; passages a reader merely read
+    # (``cited=False``, every non-cite style) are provenance, not something to score.
+    marked = {p.id: [c for c in p.citations if c.cited] for _, p in pairs}
+    cites = any(marked.values())
     rows = []
     for q, p in pairs:
         failed = p.error is not None
@@ -208,13 +212,14 @@ def score_predictions(
                 row[f"recall@{k}"] = None
             row[f"ndcg@{NDCG_K}"] = None
         # Citations.
-        row["citations"] = len(p.citations)
+        cits = marked[p.id]
+        row["citations"] = len(cits)
         row["citation_precision"] = row["citation_recall"] = None
-        if cites and p.citations and q.answers:
-            hits = sum(answer_in_texts(q.answers, [c.text]) for c in p.citations)
-            row["citation_precision"] = hits / len(p.citations)
+        if cites and cits and q.answers:
+            hits = sum(answer_in_texts(q.answers, [c.text]) for c in cits)
+            row["citation_precision"] = hits / len(cits)
         if cites and q.gold_ids:
-            cited = {c.chunk_id for c in p.citations} | {c.doc_id for c in p.citations}
+            cited = {c.chunk_id for c in cits} | {c.doc_id for c in cits}
             gold = dedupe(q.gold_ids)
             row["citation_recall"] = sum(g in cited for g in gold) / len(gold)
         # Cost.

@@ -40,9 +40,9 @@ from llama_index.core.schema import (
 )
 from pydantic import ValidationError
 
-from ..loaders.provenance import provenance
+from ..citations import chunk_provenance
 from ..stage import RunContext, Stage
-from ..types import Chunk, Document, Passage, QAState, Question
+from ..types import Chunk, Document, Passage, Provenance, QAState, Question
 
 __all__ = [
     "LongreadRetriever",
@@ -133,12 +133,6 @@ def _json_value(v: Any, depth: int = 0) -> Any:
     raise TypeError(f"a {type(v).__name__}")
 
 
-def _passage_text(p: Passage) -> str:
-    """What the reader would see of ``p``: its own text when the record has one, else its chunk's."""
-    text = getattr(p, "text", None)  # Passage.text once passages keep it apart from the chunk
-    return text if isinstance(text, str) else p.chunk.text
-
-
 def passage_to_node(p: Passage, document: Document | None = None) -> NodeWithScore:
     """A longread passage as a scored LlamaIndex ``TextNode`` with its provenance.
 
@@ -147,7 +141,8 @@ def passage_to_node(p: Passage, document: Document | None = None) -> NodeWithSco
     ``doc_id``, ``chunk_id``, ``start``, ``end`` and, given the chunk's ``document``, that
     document's ``meta`` (less its offset tables ``page_starts``/``headings``) and ``title`` plus,
     where known, ``source``, ``page`` (the first page), ``pages`` (every page the span touches)
-    and ``heading``; longread's keys win over a document key of the same name. The bookkeeping
+    and ``heading`` (the chunk's provenance, else derived from ``document``); longread's keys win
+    over a document key of the same name. The bookkeeping
     keys are hidden from the LLM and the embedder; ``source``, ``page(s)``, ``heading`` and
     ``title`` are shown so an answer can cite them.
     """
@@ -157,18 +152,18 @@ def passage_to_node(p: Passage, document: Document | None = None) -> NodeWithSco
         meta.update({k: v for k, v in document.meta.items() if k not in _OFFSET_TABLES})
         if document.title is not None:
             meta.setdefault("title", document.title)
-        prov = provenance(document.meta, c.start, c.end)
-        if prov["source"] is not None:
-            meta["source"] = prov["source"]
-        if prov["pages"]:
-            meta["page"], meta["pages"] = prov["pages"][0], prov["pages"]
-        if prov["heading"] is not None:
-            meta["heading"] = prov["heading"]
+    prov = chunk_provenance(c, document)
+    if prov.source is not None:
+        meta["source"] = prov.source
+    if prov.pages:
+        meta["page"], meta["pages"] = prov.pages[0], list(prov.pages)
+    if prov.heading is not None:
+        meta["heading"] = prov.heading
     meta.update({"doc_id": c.doc_id, "chunk_id": c.id, "start": c.start, "end": c.end})
     hidden = [k for k in _HIDDEN if k in meta]
     node = TextNode(
         id_=c.id,
-        text=_passage_text(p),
+        text=p.text,
         metadata=meta,
         start_char_idx=c.start,
         end_char_idx=c.end,
@@ -185,6 +180,8 @@ def node_to_passage(n: NodeWithScore, chunk_id: str | None = None) -> Passage:
     The document id is ``metadata["doc_id"]`` when a string (nodes from :class:`LongreadRetriever`),
     else ``ref_doc_id``, else the node id; the span is ``start_char_idx``/``end_char_idx``, else
     integer ``metadata["start"]``/``["end"]``, else the node's whole text. A missing score is 0.
+    The chunk's provenance is the node's ``source``/``page``/``pages``/``heading`` metadata (what
+    :func:`passage_to_node` writes), None without any.
     """
     node = n.node
     text = node.get_content(MetadataMode.NONE)
@@ -195,10 +192,21 @@ def node_to_passage(n: NodeWithScore, chunk_id: str | None = None) -> Passage:
         start, end = md.get("start"), md.get("end")
     if not _is_span(start, end):
         start, end = 0, len(text)
-    chunk = Chunk(id=chunk_id or node.node_id, doc_id=str(doc_id), text=text, start=start, end=end)
-    # Passage.text (what the reader sees, apart from the chunk) where the record has that field.
-    extra = {"text": text} if "text" in Passage.model_fields else {}
-    return Passage(chunk=chunk, score=float(n.score if n.score is not None else 0.0), **extra)
+    chunk = Chunk(id=chunk_id or node.node_id, doc_id=str(doc_id), text=text, start=start, end=end, provenance=_node_provenance(md))
+    return Passage(chunk=chunk, text=text, score=float(n.score if n.score is not None else 0.0))
+
+
+def _node_provenance(md: dict[str, Any]) -> Provenance | None:
+    """longread's own provenance keys of a node's metadata (what :func:`passage_to_node` wrote)."""
+    source, heading = md.get("source"), md.get("heading")
+    pages = md.get("pages")
+    if not (isinstance(pages, list) and pages and all(type(x) is int and x >= 1 for x in pages)):
+        pages = [md["page"]] if type(md.get("page")) is int and md["page"] >= 1 else []
+    source = source if isinstance(source, str) else None
+    heading = heading if isinstance(heading, str) else None
+    if source is None and heading is None and not pages:
+        return None
+    return Provenance(source=source, pages=pages, heading=heading)
 
 
 def _is_span(start: Any, end: Any) -> bool:
@@ -298,10 +306,10 @@ class LongreadPostprocessor(BaseNodePostprocessor):
                     "LongreadPostprocessor only reorders, filters and rewrites the caller's nodes"
                 )
             n, before = given[p.chunk.id]
-            text = _passage_text(p)
+            text = p.text
             score = n.score if p.score == before.score else p.score  # a node given without a score keeps None
-            if text != _passage_text(before):
-                out.append(NodeWithScore(node=_rewritten(n.node, _passage_text(before), text), score=score))
+            if text != before.text:
+                out.append(NodeWithScore(node=_rewritten(n.node, before.text, text), score=score))
             elif score != n.score:
                 out.append(NodeWithScore(node=n.node, score=score))
             else:

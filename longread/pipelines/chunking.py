@@ -12,6 +12,9 @@ Three kinds (``longread.config.ChunkerSpec.kind``):
 Every chunk satisfies ``chunk.text == document.text[chunk.start:chunk.end]``; chunks of a
 document are ordered by ``start``, never empty or whitespace-only, and every character of
 the document outside all chunks is whitespace. Chunk ids are ``f"{doc_id}#{i}"``.
+
+Each chunk's ``provenance`` (source, pages, heading) is derived from its span and the document's
+loader metadata (:func:`longread.citations.span_provenance_fn`); None for documents without any.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..citations import span_provenance_fn
 from ..config import ChunkerSpec
 from ..types import Chunk, Document
 
@@ -195,8 +199,9 @@ def chunk_document(
         spans = _sentence_chunks(doc, splitter)
     else:  # pragma: no cover - ChunkerSpec validates kind
         raise ValueError(f"unknown chunker kind {spec.kind!r}; valid kinds: tokens, sentences, whole")
+    prov = span_provenance_fn(doc.id, doc.meta)
     return [
-        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[a:b], start=a, end=b)
+        Chunk(id=f"{doc.id}#{i}", doc_id=doc.id, text=doc.text[a:b], start=a, end=b, provenance=prov(a, b))
         for i, (a, b) in enumerate(spans)
     ]
 

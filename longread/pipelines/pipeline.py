@@ -252,6 +252,17 @@ class Pipeline:
         """Answer every question; same keyword arguments as :meth:`iter_answers`."""
         return list(self.iter_answers(questions, **kwargs))
 
+    def ask(self, question: str, *, index_dir: str | Path | None = None, doc_ids: Sequence[str] | None = None,
+            **kwargs: Any) -> QAState:
+        """Answer one question: ``answer([Question(id="ask", question=question)])[0]`` (the code
+        path ``longread ask`` takes). The answer is ``state.answer``, its sources ``state.citations``.
+
+        ``doc_ids`` scopes the search to those documents. A stage error is recorded in
+        ``state.trace["error"]`` as for :meth:`answer`; raises ``ValueError`` for an empty question.
+        """
+        q = Question(id="ask", question=question, doc_ids=list(doc_ids) if doc_ids is not None else None)
+        return self.answer([q], index_dir=index_dir, **kwargs)[0]
+
     @staticmethod
     def _finish_trace(state: QAState) -> None:
         from ..eval.metrics import answer_in_texts
@@ -260,10 +271,33 @@ class Pipeline:
         if state.question.doc_ids is not None:
             state.trace["scope_doc_ids"] = list(state.question.doc_ids)
         if state.question.answers and state.passages:
-            state.trace["answer_in_passages"] = bool(answer_in_texts(state.question.answers, [p.chunk.text for p in state.passages]))
+            state.trace["answer_in_passages"] = bool(answer_in_texts(state.question.answers, [p.text for p in state.passages]))
         else:
             state.trace["answer_in_passages"] = None
         state.trace["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+
+
+def index_config_path(index_dir: str | Path) -> Path:
+    """The config an index was built with (its manifest's ``built_with.config``), when that file
+    still exists. Raises ``FileNotFoundError`` for a dir that is no index and ``ValueError``
+    (asking for ``--config``) when the manifest names no config or the file is gone."""
+    index_dir = Path(index_dir)
+    if not (index_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"{str(index_dir)!r} is not an index dir (no {MANIFEST}); build one with longread index")
+    built = read_manifest(index_dir).get("built_with") or {}
+    src = built.get("config")
+    if not isinstance(src, str) or not src:
+        raise ValueError(f"index {str(index_dir)!r} does not record the config it was built with; pass --config")
+    path = Path(src)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:  # built from a config given as a mapping: its name, maybe a built-in one
+        try:
+            return resolve_config_path(src)
+        except ConfigError:
+            pass
+    raise ValueError(f"index {str(index_dir)!r} was built with config {src!r}, which no longer exists (or never was a file); "
+                     "pass --config")
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

@@ -4,8 +4,14 @@ Both build the answer style's prompt (``prompt:``, see :mod:`longread.llm.prompt
 message, which the backend renders with the model's chat template, generate in one batched call
 and set ``state.answer``. Budgets (``max_context_tokens``, the model window) are counted with the
 backend's tokenizer. Cost goes to the stage's :class:`~longread.types.Usage` record; the trace
-keeps ``raw_answer`` (the model's text before cleaning) and ``reader_truncated``. The ``cite``
-style (``reader.hf`` only) turns the answer's ``[n]`` markers into ``state.citations``.
+keeps ``raw_answer`` (the model's text before cleaning) and ``reader_truncated``.
+
+``reader.hf`` sets ``state.citations`` (see :mod:`longread.citations`): with the ``cite`` style
+the passages the answer's ``[n]`` markers point at (``cited=True``), with every other style (or a
+``cite`` answer without a valid marker) the passages it read (``cited=False``). A passage cut to
+fit the budget is cited with the text that was read. A ``cite`` answer that is only markers
+("[2][3]") gets its words from one more, ``short``-style call over the passages it marks.
+``reader.long_context`` reads whole documents and cites nothing.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from ..citations import citations_for
 from ..llm import GenRequest, load_backend
 from ..llm.params import ReaderLLMParams
-from ..llm.prompts import clean, clean_answer, parse_citations
+from ..llm.prompts import STYLES, PromptSpec, clean, clean_answer, has_words, parse_citations, strip_citations
 from ..llm.usage import record_error, record_generations
 from ..registry import register
 from ..stage import Params, RunContext, Stage, timed
@@ -93,18 +100,17 @@ class _BaseReader(Stage):
     def _context(self, state: QAState) -> _Context:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _citations(self, answer: str, shown: list[Passage]) -> list[Citation]:
-        out = []
-        for n in parse_citations(answer, len(shown)):
-            c = shown[n - 1].chunk
-            doc = self.store.documents.get(c.doc_id) if self.store is not None else None
-            source = doc.meta.get("source") if doc is not None else None
-            out.append(Citation(n=n, doc_id=c.doc_id, chunk_id=c.id, source=source if isinstance(source, str) else None,
-                                start=c.start, end=c.end, text=c.text))
-        return out
+    def _citations(self, answer: str, shown: list[Passage], cites: bool) -> list[Citation]:
+        """The ``[n]`` passages of a ``cite`` answer (``cited=True``); for other styles, or a
+        ``cite`` answer without a valid marker, every passage shown (``cited=False``)."""
+        docs = self.store.documents if self.store is not None else None
+        numbers = parse_citations(answer, len(shown)) if cites else []
+        if numbers:
+            return citations_for(shown, docs, numbers=numbers, cited=True)
+        return citations_for(shown, docs, cited=False)
 
     def __call__(self, batch: list[QAState]) -> list[QAState]:
-        """Answer each state in the batch: sets ``answer`` (and ``citations`` for ``cite``)."""
+        """Answer each state in the batch: sets ``answer`` and ``citations``."""
         self._require_setup()
         p = self.params
         spec = p.prompt_spec
@@ -113,17 +119,59 @@ class _BaseReader(Stage):
             reqs = [GenRequest(messages=self._messages(c.text, s.question.question), max_new_tokens=p.answer_tokens)
                     for c, s in zip(contexts, batch)]
             gens = self.backend.generate(reqs)
-        for s, c, g in zip(batch, contexts, gens):
-            s.context = c.text
-            s.trace["reader_truncated"] = c.truncated
+            for s, c, g in zip(batch, contexts, gens):
+                s.context = c.text
+                s.trace["reader_truncated"] = c.truncated
+                if g.finish_reason == "error":
+                    record_error(s, self.key, g.error, spec=p.llm)
+                    continue
+                record_generations(s, self.key, [g], spec=p.llm)
+                s.trace["raw_answer"] = g.text
+                s.answer = clean(g.text, spec.cleaner)
+            if spec.cites:
+                self._complete_marker_only(batch, contexts)
+        for s, c in zip(batch, contexts):
+            if s.answer is not None and "error" not in s.trace:
+                s.citations = self._citations(s.answer, c.shown, spec.cites)
+        return batch
+
+    def _complete_marker_only(self, batch: list[QAState], contexts: list[_Context]) -> None:
+        """Give words to ``cite`` answers that are nothing but markers.
+
+        Small models often reply to the cite prompt with only "[2][3]": the right passages and no
+        answer; or with "[2]" and then the first words of passage 2, copied as if the marker were the
+        start of a passage. Such an answer is completed with one more call, the ``short`` style's
+        question over just the passages it marks (under their numbers), into "words [2][3]"; the
+        trace keeps the extra reply in ``cite_completion``.
+        """
+        p = self.params
+        short = PromptSpec(STYLES["short"])
+        todo = []
+        for s, c in zip(batch, contexts):
+            if s.answer is None or "error" in s.trace:
+                continue
+            nums = parse_citations(s.answer, len(c.shown))
+            if nums and (not has_words(s.answer) or _copies_a_start(s.answer, [c.shown[n - 1].text for n in nums])):
+                marked = "\n\n".join(f"[{n}] {c.shown[n - 1].text.strip()}" for n in nums)
+                text = short.message(marked, s.question.question, source=self.source, extra=self.extra_instruction)
+                todo.append((s, nums, GenRequest(messages=[{"role": "user", "content": text}],
+                                                 max_new_tokens=STYLES["short"].max_new_tokens)))
+        if not todo:
+            return
+        for (s, nums, _), g in zip(todo, self.backend.generate([r for _, _, r in todo])):
             if g.finish_reason == "error":
                 record_error(s, self.key, g.error, spec=p.llm)
                 continue
             record_generations(s, self.key, [g], spec=p.llm)
-            s.trace["raw_answer"] = g.text
-            s.answer = clean(g.text, spec.cleaner)
-            s.citations = self._citations(s.answer, c.shown) if spec.cites else []
-        return batch
+            s.trace["cite_completion"] = g.text
+            words = clean_answer(g.text)
+            if words:
+                s.answer = f"{words} {''.join(f'[{n}]' for n in nums)}"
+
+def _copies_a_start(answer: str, passages: list[str]) -> bool:
+    """True when the answer's words are the opening words of one of ``passages`` (a recital, not an answer)."""
+    words = strip_citations(answer).lower().split()
+    return bool(words) and any(p.lower().split()[: len(words)] == words for p in passages)
 
 
 class HFReaderParams(_ReaderParams):
@@ -160,7 +208,7 @@ class HFReader(_BaseReader):
         truncated = False
         for n, p in enumerate(state.passages[: self.params.max_passages], start=1):
             label = f"[{n}] "
-            text = p.chunk.text.strip()
+            text = p.text.strip()
             need = len(self._ids(f"{label}{text}\n\n"))
             if need <= budget:
                 parts.append(f"{label}{text}")
@@ -170,8 +218,9 @@ class HFReader(_BaseReader):
             truncated = True
             room = budget - len(self._ids(f"{label}\n\n"))
             if room >= 8:  # a few tokens of a passage would only add noise
-                parts.append(label + self.backend.decode(self._ids(text)[:room]))
-                shown.append(p)
+                cut = self.backend.decode(self._ids(text)[:room])
+                parts.append(label + cut)
+                shown.append(p.model_copy(update={"text": cut}))  # a citation quotes what was read
             break
         context = "\n\n".join(parts) if parts else "(no passages)"
         return _Context(context, truncated, shown)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from pydantic import field_validator, model_validator
 
+from ..citations import citations_for
 from ..io import atomic_write_bytes
 from ..llm.hf import Decoded, decode, render_chat
 from ..llm.params import ReaderLLMParams
@@ -550,7 +551,7 @@ class RefragReader(Stage):
 
     def _context_texts(self, state: QAState) -> list[str]:
         if state.passages:
-            return [p.chunk.text for p in state.passages]
+            return [p.text for p in state.passages]
         if state.context:
             return [state.context]
         if state.question.doc_ids and self.store is not None:
@@ -621,6 +622,8 @@ class RefragReader(Stage):
                                      max_new_tokens=p.answer_tokens, stop_ids=self.stop_ids, t0=t0)
                 for s, (_, counts), out in zip(group, prepared, rows):
                     s.answer = clean(out.text, p.prompt_spec.cleaner)
+                    # It reads every passage (compressed into chunk embeddings): all are cited as read.
+                    s.citations = citations_for(s.passages, self.store.documents if self.store is not None else None, cited=False)
                     record(s, self.key, spec=p.llm, calls=1, prompt_tokens=counts["positions"], new_tokens=out.steps,
                            ttft_s=out.ttft_s)
                     s.trace.update(chunks_total=counts["chunks_total"], chunks_expanded=counts["chunks_expanded"])

@@ -373,7 +373,7 @@ def _apply_order(state: QAState, key: str, order: list[int], n_ranked: int, keep
     out = []
     for pos, p in enumerate(new):
         score = float(total - pos)  # a rank score: higher is better, consistent with the order
-        out.append(Passage(chunk=p.chunk, score=score, scores={**p.scores, key: score}))
+        out.append(Passage(chunk=p.chunk, text=p.text, score=score, scores={**p.scores, key: score}))
     state.passages = out
 
 
@@ -432,7 +432,7 @@ class FullRankReranker(_ListwiseStage):
         """Rerank every state's passages; see the module docstring for the trace keys."""
         ranker = self.ranker()
         with timed(batch, self.key):
-            items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
+            items = [(s.question.question, [p.text for p in s.passages[: self.params.top_n]]) for s in batch]
             results = ranker(items)
             for s, (_, texts), r in zip(batch, items, results):
                 n = len(texts)
@@ -470,7 +470,7 @@ class SlidingWindowReranker(_ListwiseStage):
         """Rerank every state's passages window by window; trace as fullrank, summed over windows."""
         ranker = self.ranker()
         with timed(batch, self.key):
-            items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
+            items = [(s.question.question, [p.text for p in s.passages[: self.params.top_n]]) for s in batch]
             results = sliding_window_rank(items, ranker, window=self.params.window, stride=self.params.stride)
             for s, (_, texts), r in zip(batch, items, results):
                 n = len(texts)
@@ -559,7 +559,7 @@ class FirstReranker(_LLMStage):
         self._require_setup()
         be = self.backend
         with timed(batch, self.key):
-            items = [(s.question.question, [p.chunk.text for p in s.passages[: self.params.top_n]]) for s in batch]
+            items = [(s.question.question, [p.text for p in s.passages[: self.params.top_n]]) for s in batch]
             todo = [k for k, (_, t) in enumerate(items) if len(t) > 1]
             # Prefill (e.g. "[") so the next token is the identifier of the top passage.
             prompts = [
@@ -625,7 +625,7 @@ class PointwiseReranker(_LLMStage):
             prompts, owner = [], []
             for k, s in enumerate(batch):
                 for p in s.passages[: self.params.top_n]:
-                    prompts.append(be.render(pointwise_messages(s.question.question, p.chunk.text, self.params.word_budget)))
+                    prompts.append(be.render(pointwise_messages(s.question.question, p.text, self.params.word_budget)))
                     owner.append(k)
             logits = be.next_token_logits(prompts) if prompts else []
             scores: list[list[float]] = [[] for _ in batch]
@@ -648,7 +648,7 @@ class PointwiseReranker(_LLMStage):
                 for pos, p in enumerate(new):
                     # Ranked passages get their log-odds; the unranked tail stays below them.
                     score = sc[order[pos]] if pos < n else low - (pos - n + 1)
-                    out.append(Passage(chunk=p.chunk, score=score, scores={**p.scores, self.key: score}))
+                    out.append(Passage(chunk=p.chunk, text=p.text, score=score, scores={**p.scores, self.key: score}))
                 s.passages = out
                 _record(s, self.key, n, n, 0, 0, 0, False)
         return batch
