@@ -248,3 +248,23 @@ def test_real_reader_cites_the_planted_fact_on_page_3(tmp_path: Path) -> None:
     cited = [c for c in st.citations if c.cited]
     assert cited, st.trace["raw_answer"]
     assert any(c.source == "annual.pdf" and 3 in c.pages and "4711" in c.text for c in cited), st.citations
+
+
+def test_chunks_read_back_from_the_sharded_store_carry_their_provenance(tmp_path):
+    """The store keeps chunks as spans; pages and heading come back from the document's meta."""
+    from longread import Pipeline
+    from longread.loaders import load_documents
+    from longread.testing import write_pdf
+
+    write_pdf(tmp_path / "c" / "a.pdf", [f"Page {i} is about topic {i}. " * 30 for i in range(1, 6)])
+    pipe = Pipeline.from_config({"name": "x", "chunker": {"kind": "tokens", "size": 64, "overlap": 8},
+                                 "stages": [{"key": "retriever.bm25", "params": {"top_k": 3}}, {"key": "reader.echo"}]})
+    pipe.index(load_documents(tmp_path / "c"), tmp_path / "idx", show_progress=False)
+    store = pipe.context(tmp_path / "idx").store
+    first, last = store.chunks[0], store.chunks[len(store.chunks) - 1]
+    assert first.provenance.source == "a.pdf" and first.provenance.pages == [1]
+    assert last.provenance.pages == [5]
+    doc = store.documents["a.pdf"]
+    starts = doc.meta["page_starts"]
+    for c in store.chunks:  # each chunk's first page is the page its first character is on
+        assert c.provenance.pages[0] == sum(1 for s in starts if s <= c.start)

@@ -303,6 +303,7 @@ class _ShardFiles:
     def __init__(self, root: Path, k: int) -> None:
         self.docs = root / "docs" / shard_name(k)
         self.chunks = root / "chunks" / shard_name(k)
+        self._prov_cache: dict[int, Any] = {}
 
     @cached_property
     def offsets(self) -> np.ndarray:
@@ -362,8 +363,23 @@ class _ShardFiles:
 
     def chunk(self, j: int) -> Chunk:
         d, start, end, bs, be = (int(x) for x in self.spans[j])
+        doc_id = self.doc_id(d)
         # Validated when it was written; constructing without validation keeps lookups cheap.
-        return Chunk.model_construct(id=self.chunk_id(j), doc_id=self.doc_id(d), text=_s(self.text[bs:be]), start=start, end=end)
+        return Chunk.model_construct(id=self.chunk_id(j), doc_id=doc_id, text=_s(self.text[bs:be]), start=start, end=end,
+                                     provenance=self._provenance(d, doc_id)(start, end))
+
+    def _provenance(self, d: int, doc_id: str) -> Any:
+        # Chunks are stored as spans; their pages and heading come from the document's meta (page
+        # starts, headings), parsed once per document for the few documents a query touches.
+        fn = self._prov_cache.get(d)
+        if fn is None:
+            from ..citations import span_provenance_fn
+
+            fn = span_provenance_fn(doc_id, (self.doc_meta(d).get("meta") or {}))
+            if len(self._prov_cache) >= 64:
+                self._prov_cache.pop(next(iter(self._prov_cache)))
+            self._prov_cache[d] = fn
+        return fn
 
     def chunk_texts(self) -> list[str]:
         return [_s(self.text[int(bs) : int(be)]) for bs, be in self.spans[:, 3:5].tolist()]
