@@ -239,7 +239,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .data import demo_paths, load_corpus, load_questions
-    from .pipelines.pipeline import Pipeline, resolve_config_path
     from .pipelines.runner import run
 
     corpus, qpath = demo_paths()

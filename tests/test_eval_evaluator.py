@@ -171,7 +171,7 @@ def test_error_does_not_invent_answer_recall():
 
 
 def test_a_run_without_passages_has_null_retrieval_metrics() -> None:
-    from longread.types import Citation, Prediction, Question, Usage
+    from longread.types import Prediction, Question
 
     qs = [Question(id="a", question="q?", answers=["x"], gold_ids=["d1"]), Question(id="b", question="q?", answers=["y"], gold_ids=["d2"])]
     preds = [Prediction(id="a", answer="x"), Prediction(id="b", answer="z")]

@@ -18,7 +18,6 @@ from longread.readers.retrolm.trained import ScorerSpec, info_nce, load_scorer, 
 from longread.stage import RunContext
 from longread.testing import TINY_TEXT
 from longread.train.retrolm import (
-    Article,
     answer_page,
     build_article,
     document_loss,

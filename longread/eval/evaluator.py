@@ -35,7 +35,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from ..io import atomic_write_json
 from ..llm.prompts import strip_citations
 from ..types import Prediction, QAState, Question
 from .costs import CostError, question_costs

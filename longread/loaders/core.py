@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import glob as globlib
-import hashlib
 import logging
 import os
 import re

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from ..config import ConfigError, PipelineConfig, load_config, parse_config
 from ..stage import RunContext, Stage
 from ..types import Document, QAState, Question
-from .indexdir import INDEX_FORMAT, VERIFY_MODES, Verify
+from .indexdir import INDEX_FORMAT, MANIFEST, VERIFY_MODES, Verify, read_manifest
 from .indexing import IndexMismatchError
 from .store import SHARD_BYTES, docs_digest_lines
 

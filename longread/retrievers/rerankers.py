@@ -23,7 +23,7 @@ dropped, passages the model left out follow the ranked ones in their retrieval o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pydantic import field_validator, model_validator

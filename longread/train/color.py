@@ -440,7 +440,6 @@ def pair_loss(
     device: Any = "cpu",
 ) -> tuple["torch.Tensor", dict[str, float]]:
     """The ORPO+length loss of ``model`` on a batch of pairs (one forward over chosen and rejected)."""
-    import torch
 
     seqs = [_encode_pair_side(tokenizer, p.passage, p.chosen, max_prompt_tokens, max_response_tokens) for p in pairs]
     seqs += [_encode_pair_side(tokenizer, p.passage, p.rejected, max_prompt_tokens, max_response_tokens) for p in pairs]
