@@ -155,12 +155,14 @@ def make_set(out: Path, n_pdfs: int, n_pages_docs: int, seed: int) -> tuple[list
 
 
 def config(model: str) -> dict[str, Any]:
+    """The benchmark's config for ``model``, or ``MODEL@BACKEND`` (e.g. ``qwen2.5-0.5b-instruct@llamacpp``)."""
+    name, _, backend = model.partition("@")
     return {
         "name": f"cite-{model}",
         "chunker": {"kind": "tokens", "size": 128, "overlap": 16},
         "stages": [
             {"key": "retriever.bm25", "params": {"top_k": 3}},
-            {"key": "reader.hf", "params": {"model": model, "prompt": "cite", "max_passages": 3, "max_new_tokens": 96},
+            {"key": "reader.hf", "params": {"llm": {"backend": backend or "hf", "model": name}, "prompt": "cite", "max_passages": 3, "max_new_tokens": 96},
              "resources": {"batch_size": 4}},
         ],
     }
@@ -198,7 +200,7 @@ def contains_share(run_dir: Path, facts: dict[str, dict[str, Any]]) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-citations"))
-    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--models", nargs="+", default=MODELS, help="pack names, or MODEL@BACKEND (hf, llamacpp)")
     ap.add_argument("--pdfs", type=int, default=10, help="5-page PDFs (two facts each)")
     ap.add_argument("--pages-docs", type=int, default=3, help="Markdown files and HTML files, this many of each (two facts each)")
     ap.add_argument("--seed", type=int, default=0)

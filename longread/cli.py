@@ -136,8 +136,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise ValueError("the question is empty")
     index_dir = Path(args.index)
-    config = args.config or index_config_path(index_dir)
-    pipe = _pipeline(args, str(config))
+    if args.corpus is not None and not (index_dir / "manifest.json").is_file():
+        # One command from a folder of files to an answer: build the index first (once).
+        if args.config is None:
+            raise ValueError(f"--index {str(index_dir)!r} holds no index yet: give --config to build it from --corpus")
+        pipe = _pipeline(args, args.config)
+        stream = _corpus_stream(args)
+        pipe.index(stream, index_dir, show_progress=not args.quiet, corpus_path=args.corpus)
+        _print_load_summary(stream.report)
+    else:
+        pipe = _pipeline(args, str(args.config or index_config_path(index_dir)))
+        if args.corpus is not None:
+            from .pipelines.pipeline import changed_file_message
+
+            changed = changed_file_message(index_dir, _load_corpus(args))
+            if changed:
+                raise ValueError(changed)
     state = pipe.ask(args.question, index_dir=index_dir, doc_ids=args.doc or None)
     err = state.trace.get("error")
     if err:
@@ -398,7 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="answer one question against a built index, with the sources it cites")
     p.add_argument("question", help="the question (quote it)")
-    p.add_argument("--index", required=True, help="index dir built by longread index")
+    p.add_argument("--index", required=True, help="index dir built by longread index (or to build from --corpus)")
+    p.add_argument("--corpus", default=None,
+                   help=CORPUS_HELP + "; builds --index with --config when it holds no index yet, else a file changed "
+                   "since indexing is refused")
     p.add_argument("--config", default=None,
                    help="YAML config path or built-in name (default: the config the index was built with)")
     p.add_argument("--doc", action="append", default=None, metavar="DOC_ID",
@@ -406,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='print {"answer", "citations": [{doc_id, source, page, start, end, text, ...}]}')
     p.add_argument("--verify", action="store_true", help="check the index's sha256s before answering (default: sizes only)")
+    _corpus_options(p)
     _common(p)
     p.set_defaults(func=cmd_ask)
 

@@ -32,6 +32,8 @@ class EchoParams(Params):
 
     words: int = Field(default=3, gt=0, description="how many words of the best passage to answer with")
     fail_on: str | None = Field(default=None, description="raise ValueError for questions containing this text")
+    fail_while_exists: str | None = Field(
+        default=None, description="with fail_on: fail only while this file exists (a passing fault, for --resume tests)")
     sleep_s: float = Field(default=0.0, ge=0, le=60, description="seconds to sleep per question")
     crash_once_file: str | None = Field(
         default=None,
@@ -80,7 +82,8 @@ class EchoReader(Stage):
             os._exit(17)  # a worker dying mid-batch, as an OOM kill would
         with timed(batch, self.key):
             for s in batch:
-                if p.fail_on is not None and p.fail_on in s.question.question:
+                failing = p.fail_while_exists is None or os.path.exists(p.fail_while_exists)
+                if p.fail_on is not None and p.fail_on in s.question.question and failing:
                     raise ValueError(f"question {s.question.id!r} contains {p.fail_on!r}")
                 if p.sleep_s:
                     time.sleep(p.sleep_s)

@@ -245,7 +245,8 @@ def write_pdf(
 
     A string becomes that page's text (``\\n`` starts a new line; long lines wrap); ``None``
     makes an image-only page with no text layer, like a scan. ``title`` goes into the PDF
-    metadata; ``user_password`` encrypts the file (AES-128) so it cannot be opened without it.
+    metadata; ``user_password`` encrypts the file (RC4-128, which fpdf2 writes without the optional
+    ``cryptography`` package) so it cannot be opened without it.
     Text outside Latin-1 needs a DejaVu Sans font (system or matplotlib's); raises
     ``ValueError`` when there is none. Needs ``fpdf2`` (``pip install fpdf2``).
     """
@@ -277,7 +278,7 @@ def write_pdf(
         from fpdf.enums import EncryptionMethod
 
         pdf.set_encryption(owner_password=user_password + "-owner", user_password=user_password,
-                           encryption_method=EncryptionMethod.AES_128)
+                           encryption_method=EncryptionMethod.RC4)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pdf.output(str(path))

@@ -192,6 +192,23 @@ def test_ask_errors_are_one_line(index: Path, tmp_path: Path, capsys) -> None:
     assert err.startswith("error: could not answer: reader.echo: ValueError") and err.count("\n") == 1
 
 
+def test_ask_with_corpus_builds_the_index_once_then_refuses_changed_files(tmp_path: Path, corpus: Path, capsys) -> None:
+    cfg = tmp_path / "ask.yaml"
+    cfg.write_text(CONFIG, encoding="utf-8")
+    idx = tmp_path / "new-idx"
+    q = "Which river is the longest in Africa?"
+    assert main(["ask", "--index", str(idx), "--corpus", str(corpus), q]) == 2  # nothing to build it with
+    assert capsys.readouterr().err.startswith("error: ") and not idx.exists()
+    assert main(["ask", "--index", str(idx), "--corpus", str(corpus), "--config", str(cfg), "--quiet", q]) == 0
+    assert "notes.md" in capsys.readouterr().out and (idx / "manifest.json").is_file()
+    assert main(["ask", "--index", str(idx), "--corpus", str(corpus), "--quiet", q]) == 0  # the config it recorded
+    assert "notes.md" in capsys.readouterr().out
+    (corpus / "notes.md").write_text("# Notes\n\nThe Amazon is the longest river.\n", encoding="utf-8")
+    assert main(["ask", "--index", str(idx), "--corpus", str(corpus), "--quiet", q]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "notes.md: the file changed since the index" in err
+
+
 def test_pipeline_ask_is_answer_of_one(index: Path, tmp_path: Path) -> None:
     from longread.pipelines.pipeline import Pipeline, index_config_path
     from longread.types import Question

@@ -242,6 +242,53 @@ def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_resta
 
 
 @pytest.mark.slow
+def test_run_on_the_openai_backend_survives_a_killed_server_and_resume_answers_what_failed(tmp_path: Path) -> None:
+    """``longread run`` through a real server killed mid-run: the questions it was answering carry
+    errors, the others are kept, and ``--resume`` after a restart answers exactly the failed ones."""
+    from longread.pipelines.pipeline import Pipeline
+    from longread.pipelines.runner import read_predictions, run
+    from longread.types import Document, Question
+
+    server = LlamaServer(packs.gguf_path(SMOLLM2, progress=False), n_ctx=2048, n_threads=1, log_dir=tmp_path).start()
+    proxy = None
+    try:
+        def kill_at_third(n: int, h: BaseHTTPRequestHandler, body: bytes) -> bool:
+            if n == 3:
+                server.kill()
+            return False
+
+        proxy = Proxy(server.port, before=kill_at_third)
+        docs = [Document(id=f"d{i}", text=f"The capital of {land} is {city}, a city of glass towers.")
+                for i, (city, land) in enumerate(PLACES[:4])]
+        qs = [Question(id=f"q{i}", question=f"What is the capital of {land}?", answers=[city])
+              for i, (city, land) in enumerate(PLACES[:4])]
+        llm = {"backend": "openai", "model": SMOLLM2, "base_url": proxy.base_url, "concurrency": 1, "max_retries": 0}
+        pipe = Pipeline.from_config({
+            "name": "openai-run",
+            "chunker": {"kind": "whole"},
+            "stages": [{"key": "retriever.bm25", "params": {"top_k": 1}},
+                       {"key": "reader.hf", "params": {"llm": llm, "max_new_tokens": 16}, "resources": {"batch_size": 1}}],
+        })
+        out = tmp_path / "run"
+        run(pipe, docs, qs, out, show_progress=False)
+        first = {p.id: p for p in read_predictions(out / "predictions.jsonl")}
+        assert [first[f"q{i}"].error is None for i in range(4)] == [True, True, False, False]
+        assert proxy.base_url in (first["q2"].error or "")
+
+        server.start()  # same port, behind the same proxy: the config is unchanged
+        again = run(pipe, docs, qs, out, resume=True, show_progress=False)
+        preds = read_predictions(out / "predictions.jsonl")
+        assert again.n_answered_now == 2 and sorted(p.id for p in preds) == ["q0", "q1", "q2", "q3"]
+        assert all(p.error is None and p.answer for p in preds)
+        kept = {p.id: p.answer for p in preds if p.id in ("q0", "q1")}
+        assert kept == {"q0": first["q0"].answer, "q1": first["q1"].answer}
+    finally:
+        if proxy is not None:
+            proxy.close()
+        server.stop()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", ["first_byte", "trickle"])
 def test_openai_slower_than_timeout_is_a_clear_error(proxy_factory, delay: str) -> None:
     from longread.llm.openai import OpenAIBackend

@@ -145,6 +145,25 @@ def load(path: Path) -> list[Question]:
     return load_questions(path)
 
 
+def test_resume_answers_the_questions_that_failed_and_keeps_one_line_each(tmp_path: Path) -> None:
+    fault = tmp_path / "server-down"
+    fault.touch()
+    pipe = Pipeline.from_config(config(reader_batch=1, fail_on="river", fail_while_exists=str(fault)))
+    out = tmp_path / "run"
+    first = run(pipe, corpus(), questions(6), out, show_progress=False)
+    failed = {p.id for p in read_predictions(out / "predictions.jsonl") if p.error is not None}
+    assert failed == {"q1", "q4"} and first.metrics["n"] == 6
+
+    fault.unlink()  # the fault has passed: --resume answers those two again, and only those
+    again = run(pipe, corpus(), questions(6), out, resume=True, show_progress=False)
+    preds = read_predictions(out / "predictions.jsonl")
+    assert again.n_answered_now == 2
+    assert sorted(p.id for p in preds) == [f"q{i}" for i in range(6)]
+    assert all(p.error is None for p in preds) and {p.answer for p in preds if p.id in failed} == {"The Nile"}
+    # Nothing left to retry: a further --resume answers nothing.
+    assert run(pipe, corpus(), questions(6), out, resume=True, show_progress=False).n_answered_now == 0
+
+
 def test_resume_names_the_config_field_that_changed(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run(Pipeline.from_config(config()), corpus(), questions(3), out, show_progress=False)

@@ -200,12 +200,26 @@ class RunDir:
         atomic_write_json(self.run_json, record)
 
     # -- answering --------------------------------------------------------------------------
-    def done_ids(self) -> set[str]:
-        """Ids already answered, after cutting off a torn last line (a kill mid-write)."""
+    def done_ids(self, *, retry_failed: bool = False) -> set[str]:
+        """Ids already answered, after cutting off a torn last line (a kill mid-write).
+
+        ``retry_failed`` (what ``--resume`` does) first drops the predictions that carry an
+        ``error`` (a server that went away, a timeout), so those questions are answered again and
+        ``predictions.jsonl`` keeps one line per question. The file is replaced atomically: a kill
+        during the rewrite leaves the old file, and a kill after it leaves those questions unanswered,
+        which the next ``--resume`` answers.
+        """
         from ..eval.evaluator import read_predictions
 
         repair_torn_tail(self.predictions)
-        return {p.id for p in read_predictions(self.predictions)} if self.predictions.is_file() else set()
+        if not self.predictions.is_file():
+            return set()
+        preds = read_predictions(self.predictions)
+        if retry_failed and any(p.error is not None for p in preds):
+            kept = [p for p in preds if p.error is None]
+            atomic_write_text(self.predictions, "".join(p.model_dump_json() + "\n" for p in kept))
+            preds = kept
+        return {p.id for p in preds}
 
     @contextlib.contextmanager
     def appender(self) -> Iterator[Callable[[Prediction], None]]:

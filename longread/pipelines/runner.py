@@ -135,7 +135,7 @@ def run(
             meta["resumed"] = [*old.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
         rd.begin(config_yaml, questions, meta)
 
-        done = rd.done_ids()
+        done = rd.done_ids(retry_failed=continuing)
         todo = [q for q in questions if q.id not in done]
         n_now = 0
         if todo:
