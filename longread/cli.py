@@ -49,7 +49,7 @@ def _corpus_stream(args: argparse.Namespace):
 
 
 def _print_load_summary(report) -> None:
-    if set(report.formats) != {"jsonl"}:
+    if not set(report.formats) <= {"jsonl", "parquet"}:
         for line in report.summary():
             print(line, file=sys.stderr)
 
@@ -347,7 +347,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return int(mod.run(rargs) or 0)
 
 
-CORPUS_HELP = ("corpus: a JSONL file {id, text, title?, meta?}, a folder (recursive), a glob ('docs/**/*.pdf') "
+CORPUS_HELP = ("corpus: a JSONL or Parquet file {id, text, title?, meta?}, a folder (recursive), a glob ('docs/**/*.pdf') "
                "or one .pdf/.html/.htm/.md/.txt file")
 
 

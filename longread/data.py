@@ -86,40 +86,96 @@ def _validation_message(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _duplicate(path: Path, lineno: int, what: str, rid: str, first: int) -> DataError:
-    return DataError(f"{path}, line {lineno}: duplicate {what} id {rid!r} (first seen on line {first})")
+def _duplicate(path: Path, lineno: int, what: str, rid: str, first: int, unit: str = "line") -> DataError:
+    return DataError(f"{path}, {unit} {lineno}: duplicate {what} id {rid!r} (first seen on {unit} {first})")
+
+
+CORPUS_COLUMNS = ("id", "text", "title", "meta")
+
+
+def _iter_parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(row_number, record)`` of a corpus Parquet file, one record batch in memory at a time.
+
+    Columns: ``id``, ``text`` (strings), ``title`` and ``meta`` (optional; ``meta`` a struct/map or a
+    JSON object as a string). Nulls in the optional columns mean "absent".
+    """
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow comes with ray[data]
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged or foreign file
+        raise DataError(f"{path}: not a readable Parquet file ({short_message(e)})") from None
+    names = pf.schema_arrow.names
+    unknown = [n for n in names if n not in CORPUS_COLUMNS]
+    missing = [n for n in ("id", "text") if n not in names]
+    if unknown or missing:
+        what = f"unknown column(s) {unknown}" if unknown else f"missing column(s) {missing}"
+        raise DataError(f"{path}: {what}; a corpus Parquet file has columns id, text, title?, meta?")
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for obj in batch.to_pylist():
+                row += 1
+                for k in ("title", "meta"):
+                    if obj.get(k, 0) is None:
+                        del obj[k]
+                meta = obj.get("meta")
+                if isinstance(meta, list):  # a Parquet map column reads as [(key, value), ...]
+                    obj["meta"] = dict(meta)
+                elif isinstance(meta, str):
+                    try:
+                        obj["meta"] = json.loads(meta)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}, row {row}: meta is not a JSON object ({e.msg})") from None
+                yield row, obj
+    except DataError:
+        raise
+    except Exception as e:  # a truncated or corrupt page is found only when read
+        raise DataError(f"{path}, after row {row}: cannot read the file ({short_message(e)})") from None
+
+
+def short_message(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def iter_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> Iterator[Document]:
-    """Stream the documents of a corpus JSONL file, one line at a time.
+    """Stream the documents of a corpus JSONL file (one line at a time) or Parquet file (one
+    record batch at a time; columns ``id``, ``text``, ``title``?, ``meta``?).
 
-    Raises :class:`DataError` as :func:`load_corpus` does, when the bad line is reached (an empty
-    file yields nothing: the caller decides whether that is an error).
+    Raises :class:`DataError` as :func:`load_corpus` does, when the bad line (row) is reached (an
+    empty file yields nothing: the caller decides whether that is an error).
     """
     path = Path(path)
     if max_doc_chars <= 0:
         raise ValueError(f"max_doc_chars must be > 0, got {max_doc_chars}")
+    parquet = path.suffix.lower() == ".parquet"
+    unit = "row" if parquet else "line"
     seen: dict[str, int] = {}
-    for lineno, obj in _iter_objects(path):
+    for lineno, obj in (_iter_parquet_rows(path) if parquet else _iter_objects(path)):
         text = obj.get("text")
         if isinstance(text, str) and len(text) > max_doc_chars:
             raise DataError(
-                f"{path}, line {lineno}: document {obj.get('id')!r} has {len(text):,} characters, over the limit "
+                f"{path}, {unit} {lineno}: document {obj.get('id')!r} has {len(text):,} characters, over the limit "
                 f"max_doc_chars={max_doc_chars:,}; split it, or raise the limit "
                 "(load_corpus(..., max_doc_chars=N) / --max-doc-chars N)"
             )
         try:
             doc = Document.model_validate(obj)
         except ValidationError as e:
-            raise DataError(f"{path}, line {lineno}: bad document: {_validation_message(e)}") from None
+            raise DataError(f"{path}, {unit} {lineno}: bad document: {_validation_message(e)}") from None
         if doc.id in seen:
-            raise _duplicate(path, lineno, "document", doc.id, seen[doc.id])
+            raise _duplicate(path, lineno, "document", doc.id, seen[doc.id], unit)
         seen[doc.id] = lineno
         yield doc
 
 
 def load_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> list[Document]:
-    """Read a corpus JSONL file into documents.
+    """Read a corpus JSONL (or Parquet, see :func:`iter_corpus`) file into documents.
 
     Raises :class:`DataError` (naming the file and line) for non-UTF-8 bytes, invalid JSON, a line
     that is not an object, missing or unknown fields, empty text, bad or duplicate ids, a document

@@ -48,7 +48,7 @@ def test_wrong_param_type_names_stage_and_field(tmp_path: Path) -> None:
 
 def test_unknown_param_lists_valid_fields(tmp_path: Path) -> None:
     p = _write(tmp_path, "name: x\nstages:\n  - {key: reader.echo, params: {wrds: 2}}\n")
-    with pytest.raises(ConfigError, match="valid fields: crash_once_file, fail_on, index_log, index_part, index_sleep_s, sleep_s, words"):
+    with pytest.raises(ConfigError, match="valid fields: crash_once_file, fail_on, fail_while_exists, index_log, index_part, index_sleep_s, sleep_s, words"):
         load_config(p)
 
 

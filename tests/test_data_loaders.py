@@ -124,3 +124,81 @@ def test_write_jsonl_round_trip_and_atomic(tmp_path):
     assert load_corpus(tmp_path / "c.jsonl") == docs
     assert load_questions(tmp_path / "q.jsonl") == qs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "q.jsonl"]  # no temp files left
+
+
+# --- Parquet corpora ---------------------------------------------------------------------------
+
+
+def write_parquet(path, columns: dict, row_group_size: int | None = None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_corpus_streams_by_batches_with_title_and_meta(tmp_path):
+    from longread.data import iter_corpus
+    from longread.loaders import load_documents
+
+    n = 2500  # over one record batch (1,024 rows)
+    path = write_parquet(tmp_path / "c.parquet", {
+        "id": [f"d{i}" for i in range(n)],
+        "text": [f"Document number {i} says hello." for i in range(n)],
+        "title": ["First" if i == 0 else None for i in range(n)],
+        "meta": [{"lang": "en", "page": i} for i in range(n)],  # a struct column
+    }, row_group_size=700)
+    docs = list(iter_corpus(path))
+    assert len(docs) == n and docs[0].title == "First" and docs[1].title is None
+    assert docs[2].meta == {"lang": "en", "page": 2} and docs[-1].text == f"Document number {n - 1} says hello."
+    stream = load_documents(path)
+    assert [d.id for d in stream] == [d.id for d in docs] and stream.report.formats == {"parquet": n}
+
+    as_json = write_parquet(tmp_path / "j.parquet", {"id": ["a"], "text": ["x y"], "meta": ['{"source": "a.txt"}']})
+    assert list(iter_corpus(as_json))[0].meta == {"source": "a.txt"}
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"id": ["a"], "text": ["t"], "body": ["b"]}, r"unknown column\(s\) \['body'\]; a corpus Parquet file has columns id, text"),
+        ({"id": ["a"]}, r"missing column\(s\) \['text'\]"),
+        ({"id": ["a", "b", "a"], "text": ["t", "u", "v"]}, r", row 3: duplicate document id 'a' \(first seen on row 1\)"),
+        ({"id": ["a", "b"], "text": ["t", None]}, r", row 2: bad document: "),
+        ({"id": ["a"], "text": ["t"], "meta": ["{not json"]}, r", row 1: meta is not a JSON object"),
+    ],
+)
+def test_bad_parquet_corpus_is_one_error_naming_file_and_row(tmp_path, columns, message):
+    path = write_parquet(tmp_path / "c.parquet", columns)
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + message):
+        load_corpus(path)
+
+
+def test_damaged_parquet_file_is_a_data_error(tmp_path):
+    good = write_parquet(tmp_path / "good.parquet", {"id": [f"d{i}" for i in range(50)], "text": ["words " * 40] * 50})
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match=re.escape(str(bad)) + ": not a readable Parquet file"):
+        load_corpus(bad)
+    (tmp_path / "text.parquet").write_text("id,text\na,b\n")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_corpus(tmp_path / "text.parquet")
+
+
+def test_cli_indexes_a_parquet_corpus_like_the_same_jsonl(tmp_path, capsys):
+    import json as _json
+
+    from longread.cli import main
+
+    ids = [f"d{i}" for i in range(30)]
+    texts = [f"Fact {i}: the river number {i} flows past town {i * 7}. " * 5 for i in range(30)]
+    write_parquet(tmp_path / "c.parquet", {"id": ids, "text": texts})
+    write_jsonl(tmp_path / "c.jsonl", [Document(id=i, text=t) for i, t in zip(ids, texts)])
+    for name in ("c.parquet", "c.jsonl"):
+        assert main(["index", "--config", "rag_bm25", "--corpus", str(tmp_path / name), "--out", str(tmp_path / f"idx-{name}"),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    a, b = (_json.loads((tmp_path / f"idx-{n}" / "manifest.json").read_text()) for n in ("c.parquet", "c.jsonl"))
+    assert a["n_documents"] == b["n_documents"] == 30 and a["n_chunks"] == b["n_chunks"]
+    assert a["corpus_sha256"] == b["corpus_sha256"]
+    assert a["files"] == b["files"]  # the same bytes: store and BM25 part

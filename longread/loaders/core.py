@@ -137,7 +137,7 @@ def load_documents(
     warn: Callable[[str], None] | None = None,
     show_progress: bool = False,
 ) -> DocumentStream:
-    """Documents from a corpus JSONL file, a folder, a glob or one PDF/HTML/Markdown/text file.
+    """Documents from a corpus JSONL or Parquet file, a folder, a glob or one PDF/HTML/Markdown/text file.
 
     Returns a :class:`DocumentStream`: iterate it (once) to get :class:`~longread.types.Document`
     s one at a time, or ``.collect()`` them; its ``report`` says what was loaded, skipped and
@@ -151,7 +151,7 @@ def load_documents(
     on. A file with no text (a scanned PDF without OCR, an empty file) is never an error: it is
     skipped with a warning (``warn``, default: the ``longread.loaders`` logger) and listed in
     ``report.no_text``. Raises ``FileNotFoundError`` for a missing path and :class:`LoadError`
-    (kind ``empty``) when nothing at all could be loaded. JSONL corpora keep
+    (kind ``empty``) when nothing at all could be loaded. JSONL and Parquet corpora keep
     :func:`longread.data.load_corpus`'s checks (every bad line is an error).
     """
     if max_doc_chars <= 0:
@@ -250,9 +250,10 @@ class _Loader:
 
     # -- the pass ---------------------------------------------------------------------------------
     def run(self) -> Iterator[Document]:
-        if self.single and self.path.suffix.lower() == ".jsonl":
+        if self.single and self.path.suffix.lower() in (".jsonl", ".parquet"):
+            fmt = self.path.suffix.lower()[1:]
             for doc in iter_corpus(self.path, max_doc_chars=self.max_doc_chars):
-                self.report.formats["jsonl"] += 1
+                self.report.formats[fmt] += 1
                 yield doc
             if not self.report.n_documents:
                 raise LoadError(str(self.path), "no documents (the file is empty or only blank lines)", "empty")
@@ -266,7 +267,7 @@ class _Loader:
                 fmt = SUFFIXES.get(p.suffix.lower())
                 if fmt is None:
                     if self.single:
-                        raise LoadError(str(p), f"unsupported file type {p.suffix or '(none)'!r}; supported: .jsonl, "
+                        raise LoadError(str(p), f"unsupported file type {p.suffix or '(none)'!r}; supported: .jsonl, .parquet, "
                                         + ", ".join(SUFFIXES), "unsupported")
                     self.report.unsupported[p.suffix.lower() or "(no extension)"] += 1
                     continue
