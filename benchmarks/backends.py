@@ -10,15 +10,17 @@ default). Greedy decoding everywhere.
 Per backend and style it reports prefill tokens/s (prompt tokens / time to first token), decode
 tokens/s (tokens after the first / time after the first), seconds per question (wall time / n),
 EM/F1 against the gold answers (``longread.eval.metrics``; for ``free`` F1 is over a long answer, so
-it only compares backends), and for ``openai`` its overhead over the same llama.cpp engine run
-in-process (``llamacpp`` row: same GGUF, same threads, same prompts), since llama-cpp-python's
-server reports no timings of its own. Each backend runs in its own process, one after another, with
+it only compares backends), and for ``openai`` its overhead twice: over the server's own llama.cpp
+time (the ``total time`` it logs per request when verbose: what HTTP, streaming and the client add)
+and over the same engine run in-process (``llamacpp`` row: same GGUF, same threads, same prompts;
+this one also counts the server's own Python layer). Each backend runs in its own process, one after another, with
 one warm-up request first; the server runs only during the ``openai`` phase.
 
     python benchmarks/backends.py                                  # qwen2.5-0.5b-instruct, all 40 questions
     python benchmarks/backends.py --limit 2                        # a correctness check, seconds
     python benchmarks/backends.py --model smollm2-135m-instruct --backends llamacpp openai
     python benchmarks/backends.py --threads 2 --hf-batch-size 4 --json runs/backends.json
+    python benchmarks/backends.py --llamacpp-build /tmp/llama-blas   # + a row for another llama.cpp build
 
 Goals (issue 10): llamacpp decodes >= 4x faster than hf at F1 within 0.02; its prefill >= 0.9x
 hf's; the openai path adds <= 10% over the engine's own time. Timings mean something only on an
@@ -90,7 +92,8 @@ def open_backend(name: str, args: argparse.Namespace):
         from longread.models.packs import gguf_path
         from longread.testing import LlamaServer
 
-        server = LlamaServer(gguf_path(args.model), n_ctx=args.n_ctx, n_threads=args.threads).start()
+        # verbose: the server logs llama.cpp's own time per request, the base of the overhead.
+        server = LlamaServer(gguf_path(args.model), n_ctx=args.n_ctx, n_threads=args.threads, verbose=True).start()
         spec = LLMSpec(backend="openai", model=args.model, base_url=server.base_url,
                        concurrency=args.concurrency, timeout_s=600)
     return backend_class(name)(spec, None), server
@@ -111,9 +114,11 @@ def run_backend(name: str, args: argparse.Namespace, items: list[dict]) -> dict:
         for style in dict.fromkeys(it["style"] for it in items):
             batch = [it for it in items if it["style"] == style]
             reqs = [GenRequest(messages=it["messages"], max_new_tokens=it["max_new_tokens"]) for it in batch]
+            mark = server.log_size() if server is not None else 0
             t = time.perf_counter()
             gens = backend.generate(reqs)
             wall = time.perf_counter() - t
+            engine_s, engine_n = server.engine_seconds(mark) if server is not None else (None, 0)
             errors = [g.error for g in gens if g.error]
             scores = [max_over_answers(clean(g.text, it["cleaner"]), it["answers"]) for g, it in zip(gens, batch)]
             ok = [g for g in gens if not g.error]
@@ -129,6 +134,9 @@ def run_backend(name: str, args: argparse.Namespace, items: list[dict]) -> dict:
                 "em": sum(s[0] for s in scores) / len(scores), "f1": sum(s[1] for s in scores) / len(scores),
                 "mean_new_tokens": sum(g.new_tokens for g in ok) / max(len(ok), 1),
                 "answers": [g.text for g in gens[:3]],
+                # llama.cpp's own seconds in the server (openai only), when it logged one per request
+                "engine_s": engine_s if engine_n == len(gens) else None,
+                "wall_s": wall,
             }
         return {"backend": name, "load_s": load_s, "spec": backend.spec.model_dump(exclude_defaults=True),
                 "styles": rows}
@@ -154,17 +162,23 @@ def table(results: list[dict]) -> str:
                          f"{f(s['s_per_question'], '{:.2f}')} | {f(s['em'], '{:.3f}')} | {f(s['f1'], '{:.3f}')} | "
                          f"{f(s['mean_new_tokens'])} | {s['errors']} |")
     notes = []
+    if "openai" in base:
+        for style, s in base["openai"]["styles"].items():
+            if s.get("engine_s"):
+                notes.append(f"openai overhead over the server's own llama.cpp time ({style}): "
+                             f"{100 * (s['wall_s'] / s['engine_s'] - 1):+.1f}% "
+                             f"({s['wall_s']:.1f} s wall, {s['engine_s']:.1f} s in llama.cpp)")
     if "openai" in base and "llamacpp" in base:
         for style, s in base["openai"]["styles"].items():
             own = base["llamacpp"]["styles"].get(style)
             if own:
                 notes.append(f"openai overhead over in-process llama.cpp ({style}): "
                              f"{100 * (s['s_per_question'] / own['s_per_question'] - 1):+.1f}%")
-    if "hf" in base and "llamacpp" in base:
-        for style, s in base["llamacpp"]["styles"].items():
+    for name in [b for b in base if b.startswith("llamacpp")] if "hf" in base else []:
+        for style, s in base[name]["styles"].items():
             h = base["hf"]["styles"].get(style)
             if h and h["decode_tok_s"] and s["decode_tok_s"] and h["prefill_tok_s"] and s["prefill_tok_s"]:
-                notes.append(f"llamacpp vs hf ({style}): decode {s['decode_tok_s'] / h['decode_tok_s']:.2f}x, "
+                notes.append(f"{name} vs hf ({style}): decode {s['decode_tok_s'] / h['decode_tok_s']:.2f}x, "
                              f"prefill {s['prefill_tok_s'] / h['prefill_tok_s']:.2f}x, F1 {s['f1'] - h['f1']:+.3f}")
     return "\n".join(lines + [""] + notes)
 
@@ -184,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hf-dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--hf-batch-size", type=int, default=1, help="prompts per hf forward batch (1: per-request timings)")
     ap.add_argument("--concurrency", type=int, default=1, help="openai requests in flight")
+    ap.add_argument("--llamacpp-build", type=Path, default=None, metavar="DIR",
+                    help="also run backend llamacpp with the llama-cpp-python installed in DIR (pip --target), "
+                         "e.g. the OpenBLAS build of scripts/llama_cpp_wheel.sh, as the row llamacpp@DIR-name")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--child", nargs=3, metavar=("BACKEND", "WORKLOAD", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -204,16 +221,21 @@ def main(argv: list[str] | None = None) -> int:
         workload = Path(tmp) / "workload.json"
         workload.write_text(json.dumps(items))
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-        for name in args.backends:
-            out = Path(tmp) / f"{name}.json"
-            print(f"running {name} ...", file=sys.stderr)
+        runs = [(name, name, None) for name in args.backends]
+        if args.llamacpp_build is not None:
+            runs.append((f"llamacpp@{args.llamacpp_build.name}", "llamacpp", args.llamacpp_build.resolve()))
+        for label, name, build in runs:
+            out = Path(tmp) / f"{label.replace('/', '_')}.json"
+            print(f"running {label} ...", file=sys.stderr)
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            if build is not None:  # that build's llama_cpp shadows the installed one
+                env["PYTHONPATH"] = os.pathsep.join([str(build), *filter(None, [os.environ.get("PYTHONPATH")])])
             cmd = [sys.executable, __file__, *passthrough, "--child", name, str(workload), str(out)]
             proc = subprocess.run(cmd, env=env)
             if proc.returncode != 0:
-                print(f"error: backend {name} failed (exit {proc.returncode})", file=sys.stderr)
+                print(f"error: backend {label} failed (exit {proc.returncode})", file=sys.stderr)
                 return 1
-            results.append(json.loads(out.read_text()))
+            results.append({**json.loads(out.read_text()), "backend": label})
     report = table(results)
     print(report)
     if args.json is not None:

@@ -531,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         DenseRetriever.Params(**ns.dense_params)
     except ValidationError as e:
         ap.error("--dense-params: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+    if ns.workdir is not None:
+        ns.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=ns.workdir, prefix="longread-scale-"))
     try:
         results: dict[str, Any] = {"cpus": os.cpu_count()}

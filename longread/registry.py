@@ -40,6 +40,7 @@ _BUILTINS: dict[str, str] = {
     "reorder.hard_negative": "longread.retrievers.reorder:HardNegativeReorder",
     "compressor.extractive": "longread.compressors.extractive:ExtractiveCompressor",
     "compressor.color": "longread.compressors.color:ColorCompressor",
+    "compressor.window": "longread.compressors.window:SentenceWindow",
     "reader.hf": "longread.readers.hf:HFReader",
     "reader.long_context": "longread.readers.hf:LongContextReader",
     "reader.retrolm": "longread.readers.retrolm.reader:RetroLMReader",

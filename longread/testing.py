@@ -405,18 +405,19 @@ class LlamaServer:
             spec = LLMSpec(backend="openai", model="smollm2", base_url=server.base_url)
 
     ``interrupt_requests`` is off: llama-cpp-python otherwise cuts a streaming answer short
-    whenever another request waits, which concurrent clients always cause.
+    whenever another request waits, which concurrent clients always cause. ``verbose`` makes the
+    server log llama.cpp's timings per request (:meth:`engine_seconds` sums them).
     """
 
     def __init__(self, model: str | Path, *, port: int | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, api_key: str | None = None, log_dir: str | Path | None = None,
-                 startup_timeout_s: float = 120.0) -> None:
+                 startup_timeout_s: float = 120.0, verbose: bool = False) -> None:
         self.model = Path(model)
         if not self.model.is_file():
             raise FileNotFoundError(f"GGUF file not found: {self.model}")
         self.port = port or free_port()
         self.n_ctx, self.n_threads, self.api_key = n_ctx, n_threads, api_key
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s, self.verbose = startup_timeout_s, verbose
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._tmp = None
         self.proc = None
@@ -454,7 +455,7 @@ class LlamaServer:
             return self
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
                "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-               "--n_threads", str(self.n_threads or default_threads()), "--verbose", "False",
+               "--n_threads", str(self.n_threads or default_threads()), "--verbose", str(self.verbose),
                "--interrupt_requests", "False"]
         if self.api_key:
             cmd += ["--api_key", self.api_key]
@@ -478,6 +479,21 @@ class LlamaServer:
         self.stop()
         raise RuntimeError(f"llama.cpp server did not answer within {self.startup_timeout_s:g}s; "
                            f"log {self.log_path}:\n{self._log_tail()}")
+
+    def engine_seconds(self, since: int = 0) -> tuple[float, int]:
+        """Seconds llama.cpp itself spent on requests (its ``total time`` lines in the log, which a
+        ``verbose`` server prints per request) after byte ``since`` of the log, and how many."""
+        import re
+
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", errors="replace")
+        ms = [float(m) for m in re.findall(r"llama_perf_context_print:\s+total time =\s+([\d.]+) ms", text)]
+        return sum(ms) / 1000.0, len(ms)
+
+    def log_size(self) -> int:
+        """Bytes in the log so far (a mark for :meth:`engine_seconds`)."""
+        return self.log_path.stat().st_size if self.log_path.is_file() else 0
 
     def _log_tail(self, lines: int = 20) -> str:
         try:

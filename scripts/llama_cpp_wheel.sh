@@ -14,6 +14,11 @@
 # tile state (Firecracker) crash in them (general protection fault in ggml_backend_amx_mul_mat on
 # the first Q4_1 matmul); the AVX-512 / AVX2 kernels are used instead. LONGREAD_LLAMA_AMX=1 keeps
 # them, for bare-metal Sapphire Rapids and later.
+#
+# LONGREAD_LLAMA_BLAS=1 builds with OpenBLAS for prompt processing (needs libopenblas-dev and
+# pkg-config: apt-get install libopenblas-dev pkg-config); it goes into its own folder. Measure before
+# using it: pip install --no-deps --target /tmp/llama-blas "$(LONGREAD_LLAMA_BLAS=1 bash
+# scripts/llama_cpp_wheel.sh)"/*.whl, then PYTHONPATH=/tmp/llama-blas python benchmarks/backends.py.
 set -euo pipefail
 VERSION=0.3.36
 # sha256 of llama_cpp_python-0.3.36.tar.gz on PyPI: the source is checked before it is built.
@@ -23,6 +28,11 @@ flags=""
 [ "${LONGREAD_LLAMA_AMX:-0}" = 1 ] || flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cpu=$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | cksum | cut -d' ' -f1)
 tag=$([ -n "$flags" ] && echo noamx || echo amx)
+cmake_args=""
+if [ "${LONGREAD_LLAMA_BLAS:-0}" = 1 ]; then
+  cmake_args="-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS"
+  tag="$tag-openblas"
+fi
 dir="$ROOT/llama-cpp-python-$VERSION-$tag-cpu$cpu"
 if ! ls "$dir"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $VERSION (compiles llama.cpp: about 10 minutes on 2 cores, once per machine)" >&2
@@ -30,7 +40,7 @@ if ! ls "$dir"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
   tmp=$(mktemp -d "$ROOT/.build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   echo "llama-cpp-python==$VERSION --hash=sha256:$SDIST_SHA256" > "$tmp/requirements.txt"
-  CFLAGS="$flags" CXXFLAGS="$flags" pip wheel -q --no-deps --no-cache-dir --require-hashes \
+  CMAKE_ARGS="$cmake_args" CFLAGS="$flags" CXXFLAGS="$flags" pip wheel -q --no-deps --no-cache-dir --require-hashes \
     -r "$tmp/requirements.txt" -w "$tmp" >&2
   rm "$tmp/requirements.txt"
   rm -rf "$dir" && mv "$tmp" "$dir"  # the folder appears only with a finished wheel in it

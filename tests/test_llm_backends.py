@@ -190,6 +190,22 @@ def test_openai_answers_planted_fact_through_real_server(llama_server: LlamaServ
 
 
 @pytest.mark.slow
+def test_a_verbose_server_logs_llama_cpps_own_time_per_request(tmp_path: Path) -> None:
+    from longread.llm.openai import OpenAIBackend
+
+    with LlamaServer(packs.gguf_path(SMOLLM2, progress=False), n_ctx=2048, n_threads=1, log_dir=tmp_path,
+                     verbose=True) as server:
+        b = OpenAIBackend(openai_spec(server.base_url))
+        mark = server.log_size()
+        t0 = time.perf_counter()
+        gens = b.generate([GenRequest(messages=planted(i), max_new_tokens=8) for i in range(2)])
+        wall = time.perf_counter() - t0
+        seconds, n = server.engine_seconds(mark)
+    assert all(g.error is None for g in gens) and n == 2
+    assert 0 < seconds < wall  # the engine's share of what the client waited
+
+
+@pytest.mark.slow
 def test_openai_batch_keeps_order_and_bounds_concurrency(proxy_factory) -> None:
     from longread.llm.openai import OpenAIBackend
 

@@ -278,6 +278,8 @@ def test_bm25_part_name_tracks_index_params() -> None:
         (DenseRetriever, {"ef_search": 0}, "ef_search must be > 0, got 0"),
         (DenseRetriever, {"faiss_threads": 0}, "faiss_threads must be > 0 or None, got 0"),
         (HybridRetriever, {"rrf_k": -1}, "rrf_k must be >= 0, got -1"),
+        (HybridRetriever, {"dense_weight": -0.5}, "dense_weight must be >= 0, got -0.5"),
+        (HybridRetriever, {"bm25_weight": 0, "dense_weight": 0}, "both 0: nothing would be retrieved"),
         (HybridRetriever, {"candidates": 5, "top_k": 10}, "candidates must be >= top_k"),
         (HybridRetriever, {"bm25": {"top_k": -2}}, "top_k must be > 0, got -2"),
     ],
@@ -452,6 +454,12 @@ def test_rrf_hand_worked() -> None:
     pos, _ = rrf_fuse([(np.array([5, 7]), None), (np.array([6, 0]), None), (np.array([9]), None)], rrf_k=0, k=3)
     assert pos.tolist() == [5, 6, 9]
     assert rrf_fuse([(np.array([1, 2]), None)], rrf_k=60, k=1)[0].tolist() == [1]
+    # Weights: the second run counts three times; 4 (rank 2 there) now beats 3 (rank 1 in the first).
+    pos, sc = rrf_fuse([a, b], rrf_k=60, k=10, weights=[1.0, 3.0])
+    assert pos.tolist() == [1, 4, 3, 2]
+    np.testing.assert_allclose(sc, [1 / 62 + 3 / 61, 3 / 62, 1 / 61, 1 / 63])
+    # A weight of 0 leaves that run's chunks in only with the fused score 0, after the others.
+    assert rrf_fuse([a, b], rrf_k=60, k=10, weights=[0.0, 1.0])[0].tolist() == [1, 4, 3, 2]
 
 
 def test_hybrid_fuses_components(corpus, hub, tiny_encoder_dir, dense_setup) -> None:
