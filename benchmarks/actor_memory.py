@@ -6,7 +6,8 @@ stage an actor pool, in a fresh process per size. Every state records the memory
 that ran each stage (``trace["worker_memory_mb"]``: RSS, private ``anon`` and mapped-file
 ``file`` MiB); the table shows the largest per stage. ``reader.echo`` opens the store
 (``make_context``) and reads only its passages, so its RSS is the store's cost to an actor; the
-BM25 actor also holds its own index, which grows with the corpus (bm25s loads it into memory).
+BM25 actor also opens its own index: the score matrix memory-mapped (its touched pages count as
+``file``), the vocabulary and idf in memory (these grow with the corpus's distinct terms).
 
     python benchmarks/actor_memory.py                        # 50k and 500k chunks, 40 questions
     python benchmarks/actor_memory.py --chunks 2000 20000 --questions 8   # correctness check only

@@ -12,6 +12,7 @@ Tests that start a server or load a real model are ``slow`` (``pytest --runslow`
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -21,7 +22,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -226,11 +227,11 @@ def test_openai_stop_strings_beyond_the_apis_four_are_applied(llama_server: Llam
     assert g.finish_reason == "stop" and PLACES[0][0] not in g.text and g.text.endswith("Qui")
 
 
-@pytest.mark.slow
-def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_restart(tmp_path: Path) -> None:
-    from longread.llm.openai import OpenAIBackend
-
-    server = LlamaServer(packs.gguf_path(SMOLLM2, progress=False), n_ctx=2048, n_threads=1, log_dir=tmp_path).start()
+@contextlib.contextmanager
+def server_killed_at_third_request(log_dir: Path) -> Iterator[tuple[LlamaServer, Proxy]]:
+    """A real server behind a proxy that kills it when the third POST arrives (``server.start()``
+    brings it back on the same port); both stopped on exit."""
+    server = LlamaServer(packs.gguf_path(SMOLLM2, progress=False), n_ctx=2048, n_threads=1, log_dir=log_dir).start()
     proxy = None
     try:
         def kill_at_third(n: int, h: BaseHTTPRequestHandler, body: bytes) -> bool:
@@ -239,6 +240,18 @@ def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_resta
             return False
 
         proxy = Proxy(server.port, before=kill_at_third)
+        yield server, proxy
+    finally:
+        if proxy is not None:
+            proxy.close()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_restart(tmp_path: Path) -> None:
+    from longread.llm.openai import OpenAIBackend
+
+    with server_killed_at_third_request(tmp_path) as (server, proxy):
         b = OpenAIBackend(openai_spec(proxy.base_url, concurrency=1, max_retries=1))
         direct = OpenAIBackend(openai_spec(server.base_url, max_retries=0))
         reqs = [GenRequest(messages=planted(i), max_new_tokens=16) for i in range(3)]
@@ -251,10 +264,6 @@ def test_openai_server_killed_mid_batch_fails_only_those_and_answers_after_resta
         server.start()  # same port
         again = b.generate([reqs[2]])[0]
         assert again.error is None and PLACES[2][0] in again.text
-    finally:
-        if proxy is not None:
-            proxy.close()
-        server.stop()
 
 
 @pytest.mark.slow
@@ -265,15 +274,7 @@ def test_run_on_the_openai_backend_survives_a_killed_server_and_resume_answers_w
     from longread.pipelines.runner import read_predictions, run
     from longread.types import Document, Question
 
-    server = LlamaServer(packs.gguf_path(SMOLLM2, progress=False), n_ctx=2048, n_threads=1, log_dir=tmp_path).start()
-    proxy = None
-    try:
-        def kill_at_third(n: int, h: BaseHTTPRequestHandler, body: bytes) -> bool:
-            if n == 3:
-                server.kill()
-            return False
-
-        proxy = Proxy(server.port, before=kill_at_third)
+    with server_killed_at_third_request(tmp_path) as (server, proxy):
         docs = [Document(id=f"d{i}", text=f"The capital of {land} is {city}, a city of glass towers.")
                 for i, (city, land) in enumerate(PLACES[:4])]
         qs = [Question(id=f"q{i}", question=f"What is the capital of {land}?", answers=[city])
@@ -298,10 +299,6 @@ def test_run_on_the_openai_backend_survives_a_killed_server_and_resume_answers_w
         assert all(p.error is None and p.answer for p in preds)
         kept = {p.id: p.answer for p in preds if p.id in ("q0", "q1")}
         assert kept == {"q0": first["q0"].answer, "q1": first["q1"].answer}
-    finally:
-        if proxy is not None:
-            proxy.close()
-        server.stop()
 
 
 @pytest.mark.slow
