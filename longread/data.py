@@ -108,7 +108,7 @@ def _iter_parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[int
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged or foreign file
-        raise DataError(f"{path}: not a readable Parquet file ({short_message(e)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({_short_message(e)})") from None
     names = pf.schema_arrow.names
     unknown = [n for n in names if n not in CORPUS_COLUMNS]
     missing = [n for n in ("id", "text") if n not in names]
@@ -135,10 +135,10 @@ def _iter_parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[int
     except DataError:
         raise
     except Exception as e:  # a truncated or corrupt page is found only when read
-        raise DataError(f"{path}, after row {row}: cannot read the file ({short_message(e)})") from None
+        raise DataError(f"{path}, after row {row}: cannot read the file ({_short_message(e)})") from None
 
 
-def short_message(e: BaseException, limit: int = 200) -> str:
+def _short_message(e: BaseException, limit: int = 200) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
