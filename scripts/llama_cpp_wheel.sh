@@ -4,7 +4,7 @@
 #        pip install --no-deps "$(bash scripts/llama_cpp_wheel.sh)"/llama_cpp_python-*.whl
 #
 # llama-cpp-python ships only a source distribution: pip compiles llama.cpp for this CPU
-# (-march=native), which takes about 10 minutes on 2 cores. The wheel is kept in
+# (-march=native), which takes 5 to 10 minutes on 2 cores. The wheel is kept in
 # $LONGREAD_WHEELS (default ~/.cache/longread/wheels), in a folder named after the version, the
 # build flags and this CPU's feature flags, so later set-ups install it in seconds and a copy made
 # for another CPU is never reused. pip's own wheel cache is bypassed on purpose: it keys a build on
@@ -35,7 +35,7 @@ if [ "${LONGREAD_LLAMA_BLAS:-0}" = 1 ]; then
 fi
 dir="$ROOT/llama-cpp-python-$VERSION-$tag-cpu$cpu"
 if ! ls "$dir"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $VERSION (compiles llama.cpp: about 10 minutes on 2 cores, once per machine)" >&2
+  echo "building llama-cpp-python $VERSION (compiles llama.cpp: 5 to 10 minutes on 2 cores, once per machine)" >&2
   mkdir -p "$ROOT"
   tmp=$(mktemp -d "$ROOT/.build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT

