@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from pydantic import ValidationError
 
+from .errors import clip
 from .io import atomic_write_text
 from .types import Document, Question
 
@@ -138,9 +139,8 @@ def _iter_parquet_rows(path: Path, batch_rows: int = 1024) -> Iterator[tuple[int
         raise DataError(f"{path}, after row {row}: cannot read the file ({_short_message(e)})") from None
 
 
-def _short_message(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _short_message(e: BaseException) -> str:
+    return clip(" ".join(str(e).split()) or type(e).__name__, 200)
 
 
 def iter_corpus(path: str | Path, *, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> Iterator[Document]:
