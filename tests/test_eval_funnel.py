@@ -121,6 +121,17 @@ def test_unknown_reader_view_and_long_context_runs(tmp_path: Path) -> None:
     assert rates["stages"]["retrieved"] == {"rate": None, "n": 0}
     assert rates["stages"]["context"] == {"rate": 0.5, "n": 2}
     assert "retrieved – (-0)" in format_funnel(rates)
+    # A cut document with its kept characters recorded: the head and tail are the view, the middle is not.
+    text = "D1\nThe tower was finished in 1889. It stands in Paris."
+    cut = question_funnel(
+        [
+            P("q1", "Lyon", reader_truncated=True, raw_answer="Lyon", context_kept_chars=[10, 6]),
+            P("q2", "Lyon", reader_truncated=True, raw_answer="Lyon", context_kept_chars=[len(text) - 6, 0]),
+        ],
+        [Q("q1", ["Paris"], ["d1"]), Q("q2", ["Paris"], ["d1"])], idx,
+    )
+    assert [(r.context_source, r.in_context, r.lost_at) for r in cut] == [
+        ("documents (head+tail)", True, "raw"), ("documents (head+tail)", False, "context")]
 
 
 def test_numeric_style_and_run_dir(tmp_path: Path) -> None:

@@ -252,6 +252,11 @@ def test_long_context_keeps_head_and_tail(ctx: RunContext, tiny_lm_dir: Path) ->
     assert state.context.endswith("w2998 w2999")
     assert "w1500" not in state.context
     assert [(u.stage, u.calls) for u in state.usage] == [("reader.long_context", 1)]
+    # what the funnel rebuilds the view from: the joined text's first and last characters read
+    head, tail = state.trace["context_kept_chars"]
+    full = "Long\n" + " ".join(f"w{i}" for i in range(3000))
+    assert 0 < head < 200 and 0 < tail < 200
+    assert state.context == full[:head] + full[len(full) - tail:]
 
 
 def test_long_context_short_document_is_whole(ctx: RunContext, tiny_lm_dir: Path) -> None:
@@ -259,6 +264,7 @@ def test_long_context_short_document_is_whole(ctx: RunContext, tiny_lm_dir: Path
     reader.setup(ctx)
     state = reader([_state(ctx, n=0, doc_ids=["freedonia"])])[0]
     assert state.trace["reader_truncated"] is False
+    assert "context_kept_chars" not in state.trace
     assert state.context == DOC.text.strip()
 
 

@@ -10,9 +10,10 @@ For each question with gold answers, six flags in pipeline order, each "does any
    (a long-context reader alone).
 3. ``in_context``: what the reader saw. Exact when the prediction carries the reader's text
    (``Prediction.context`` or ``trace["context"]``); otherwise rebuilt where that is sound: the
-   passages' chunks when nothing compressed them and the reader did not truncate them, or the
-   scope documents for a long-context reader that did not truncate. ``None`` when it cannot be
-   known (compressed or truncated without a recorded context). ``context_source`` says which.
+   passages' chunks when nothing compressed them and the reader did not truncate them, the
+   scope documents for a long-context reader that did not truncate, or their head and tail for
+   one that did (``trace["context_kept_chars"]``). ``None`` when it cannot be known (compressed
+   or truncated without a recorded context). ``context_source`` says which.
    RAG passages count as read whole unless ``trace["reader_truncated"]`` is true; whole documents
    only when it is explicitly false (long documents are usually cut to the reader's budget).
 4. ``in_raw``: the raw generation (``trace["raw_answer"]``), before answer clean-up.
@@ -50,7 +51,7 @@ class FunnelRow:
     in_corpus: bool | None
     in_retrieved: bool | None
     in_context: bool | None
-    context_source: str | None  # "context" | "passages" | "documents" | None
+    context_source: str | None  # "context" | "passages" | "documents" | "documents (head+tail)" | None
     in_raw: bool | None
     in_answer: bool | None
     correct: bool | None
@@ -114,6 +115,11 @@ class _Corpus:
             raise ValueError(f"prediction {pred.id!r} names chunks not in the index: {missing[:5]!r}; wrong index dir?")
         return self.chunk_texts([self.store.chunk_pos[c] for c in pred.passage_ids])
 
+    def joined_documents(self, doc_ids: Sequence[str]) -> str:
+        """The documents as ``reader.long_context`` joins them (title line, blank lines between)."""
+        docs = [self.store.documents[d] for d in doc_ids]
+        return "\n\n".join((f"{d.title}\n{d.text}" if d.title else d.text).strip() for d in docs)
+
     def documents(self, doc_ids: Sequence[str]) -> list[str]:
         out = []
         for d in doc_ids:
@@ -140,6 +146,12 @@ def _reader_view(pred: Prediction, q: Question, corpus: _Corpus, retrieval_ran: 
     # Whole documents are often cut to the reader's budget: only an explicit "not truncated" counts.
     if truncated is False and q.doc_ids:
         return corpus.documents(q.doc_ids), "documents"
+    kept = pred.trace.get("context_kept_chars")
+    if truncated is True and q.doc_ids and isinstance(kept, list) and len(kept) == 2:
+        # reader.long_context read the head and tail of the joined documents (see head_tail)
+        text = corpus.joined_documents(q.doc_ids)
+        head, tail = int(kept[0]), int(kept[1])
+        return [_norm(text[:head]), _norm(text[len(text) - tail:] if tail else "")], "documents (head+tail)"
     return None, None
 
 

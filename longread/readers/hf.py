@@ -60,6 +60,7 @@ class _Context:
     text: str
     truncated: bool
     shown: list[Passage] = field(default_factory=list)  # passages in prompt order: [1], [2], ...
+    kept_chars: tuple[int, int] | None = None  # a cut document: characters of its head and tail read
 
 
 class _BaseReader(Stage):
@@ -122,6 +123,8 @@ class _BaseReader(Stage):
             for s, c, g in zip(batch, contexts, gens):
                 s.context = c.text
                 s.trace["reader_truncated"] = c.truncated
+                if c.kept_chars is not None:
+                    s.trace["context_kept_chars"] = list(c.kept_chars)
                 if g.finish_reason == "error":
                     record_error(s, self.key, g.error, spec=p.llm)
                     continue
@@ -275,4 +278,8 @@ class LongContextReader(_BaseReader):
         ids = self._ids(text)
         if len(ids) <= budget:
             return _Context(text, False)
-        return _Context(self.backend.decode(head_tail(ids, budget)), True)
+        kept = head_tail(ids, budget)
+        head = budget // 2
+        # Recorded so the answer-loss funnel can tell whether the answer survived the cut.
+        kept_chars = (len(self.backend.decode(kept[:head])), len(self.backend.decode(kept[head:])))
+        return _Context(self.backend.decode(kept), True, kept_chars=kept_chars)
