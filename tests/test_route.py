@@ -9,7 +9,7 @@ import pytest
 from longread.config import ConfigError, parse_config
 from longread.models.hub import ModelHub
 from longread.pipelines.store import CorpusStore
-from longread.readers.route import RouteReader, needs_fallback
+from longread.readers.route import RouteReader, answer_support, needs_fallback
 from longread.stage import RunContext
 from longread.types import Chunk, Document, Passage, QAState, Question
 
@@ -31,6 +31,35 @@ def test_needs_fallback_on_strings() -> None:
     assert needs_fallback(None)
     assert not needs_fallback("Zorbatown")
     assert needs_fallback("no idea", marker="no idea")
+
+
+def test_answer_support_counts_answer_words_found_in_the_passages() -> None:
+    ctx = "[1] The capital of Freedonia is Zorbatown. It was founded in 1,742."
+    assert answer_support("Zorbatown", ctx) == 1.0
+    assert answer_support("the city of Zorbatown!", ctx) == pytest.approx(2 / 3)  # "city" is made up
+    assert answer_support("1742", ctx) == 1.0  # SQuAD normalisation drops the comma on both sides
+    assert answer_support("Paris", ctx) == 0.0
+    assert answer_support("", ctx) == 0.0 and answer_support(None, ctx) == 0.0
+    assert answer_support("Zorbatown", "") == 0.0
+
+
+def test_ungrounded_route_falls_back_exactly_below_min_support(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    m = str(tiny_lm_dir)
+    st = RouteReader({"rag": {"model": m, "max_new_tokens": 4}, "fallback_params": {"model": m, "max_new_tokens": 4},
+                      "when": "ungrounded"})
+    st.setup(_ctx(tmp_path))
+    # No Self-Route clause in this mode: the RAG step is the plain reader.
+    assert "unanswerable" not in st.rag._messages("C", "Q?")[0]["content"]
+    rag = st.rag(_states(1))[0]
+    support = answer_support(rag.answer, rag.context)
+    for min_support, route in ((1.0, "fallback" if support < 1.0 else "rag"), (support or 1e-9, "rag" if support else "fallback")):
+        st.params.min_support = min_support
+        out = st(_states(1))[0]
+        assert out.trace["route"] == route
+        if route == "fallback":
+            assert out.trace["rag_answer"] == rag.answer and {u.part for u in out.usage} == {"rag", "fallback"}
+        else:
+            assert out.trace["rag_support"] == round(support, 3) and out.answer == rag.answer
 
 
 def _ctx(tmp_path: Path) -> RunContext:

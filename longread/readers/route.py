@@ -1,5 +1,6 @@
 """``reader.route``: answer with RAG first; fall back to a long-context reader only when the RAG
-reader says the passages do not answer the question (Self-Route, Li et al. 2024).
+reader says the passages do not answer the question (Self-Route, Li et al. 2024), or (``when:
+ungrounded``) when its answer is not spelled out in the passages it read.
 
 The RAG step is ``reader.hf`` in its chosen answer style (``rag.prompt``) with one sentence added
 to the instruction: if the passages do not contain the answer, reply ``unanswerable`` (a template
@@ -24,7 +25,7 @@ from ..stage import Params, RunContext, Stage
 from ..types import QAState
 from .hf import HFReader
 
-__all__ = ["RouteReader", "needs_fallback", "SELF_ROUTE_CLAUSE"]
+__all__ = ["RouteReader", "needs_fallback", "answer_support", "SELF_ROUTE_CLAUSE"]
 
 SELF_ROUTE_CLAUSE = f"If the passages do not contain the answer, reply exactly: {UNANSWERABLE}"
 """The sentence Self-Route adds to the RAG step's instruction."""
@@ -34,6 +35,16 @@ def needs_fallback(answer: str | None, marker: str = UNANSWERABLE) -> bool:
     """True when a RAG answer is empty or declares itself unanswerable (case-insensitive)."""
     text = (answer or "").strip().lower()
     return not text or marker.lower() in text
+
+
+def answer_support(answer: str | None, context: str | None) -> float:
+    """Share of the answer's words (SQuAD-normalised) that occur in ``context``: 1.0 for an answer
+    the passages spell out, lower for one the model made up. 0.0 for an empty answer or context."""
+    from ..eval.metrics import normalize_answer
+
+    words = normalize_answer(answer or "").split()
+    seen = set(normalize_answer(context or "").split())
+    return sum(w in seen for w in words) / len(words) if words and seen else 0.0
 
 
 class _SelfRouteRAG(HFReader):
@@ -49,14 +60,19 @@ class RouteParams(Params):
     the model to reply ``unanswerable`` itself). ``fallback``: the reader key for the fallback and
     ``fallback_params`` its params. ``when``: ``unanswerable`` (Self-Route), ``always`` (every
     question takes the fallback) or ``never`` (pure RAG) for ablations. ``marker``: the text in a
-    RAG answer that sends its question to the fallback.
+    RAG answer that sends its question to the fallback. ``ungrounded``: the RAG step is plain
+    ``reader.hf`` (no clause; small models rarely say "unanswerable") and a question falls back
+    when its answer is empty or less than ``min_support`` of its words occur in the passages the
+    reader saw (:func:`answer_support`): on extractive questions an answer the passages do not
+    spell out is usually wrong (see the README's long-document numbers).
     """
 
     rag: dict[str, Any] = Field(default_factory=dict)
     fallback: Literal["reader.long_context", "reader.retrolm", "reader.refrag"] = "reader.long_context"
     fallback_params: dict[str, Any] = Field(default_factory=dict)
-    when: Literal["unanswerable", "always", "never"] = "unanswerable"
+    when: Literal["unanswerable", "ungrounded", "always", "never"] = "unanswerable"
     marker: str = Field(default=UNANSWERABLE, min_length=1)
+    min_support: float = Field(default=1.0, gt=0.0, le=1.0, description="when=ungrounded: answer words that must be in the passages")
 
     @model_validator(mode="after")
     def _check_children(self) -> "RouteParams":
@@ -83,7 +99,7 @@ class RouteReader(Stage):
         super().__init__(params)
         p: RouteParams = self.params  # type: ignore[assignment]
         self.rag = _SelfRouteRAG(HFReader.Params.model_validate(p.rag))
-        if self.rag.params.prompt_spec.template is not None:
+        if self.rag.params.prompt_spec.template is not None or p.when == "ungrounded":
             self.rag.extra_instruction = ""  # a template carries its own clause (checked in RouteParams)
         cls = registry.get(p.fallback)
         self.fallback = cls(cls.Params.model_validate(p.fallback_params))
@@ -108,7 +124,7 @@ class RouteReader(Stage):
             for s in batch:
                 relabel(s, self.rag.key, self.key, "rag")
             # A question whose RAG call failed carries its error; it does not fall back.
-            todo = [s for s in batch if p.when == "unanswerable" and "error" not in s.trace and needs_fallback(s.answer, p.marker)]
+            todo = [s for s in batch if "error" not in s.trace and self._falls_back(s)]
         for s in batch:
             s.trace["route"] = "rag"
         if todo:
@@ -122,3 +138,13 @@ class RouteReader(Stage):
                 relabel(s, self.fallback.key, self.key, "fallback")
                 batch[at[id(old)]] = s
         return batch
+
+    def _falls_back(self, state: QAState) -> bool:
+        p: RouteParams = self.params  # type: ignore[assignment]
+        if p.when == "unanswerable":
+            return needs_fallback(state.answer, p.marker)
+        if p.when == "ungrounded":
+            support = answer_support(state.answer, state.context)
+            state.trace["rag_support"] = round(support, 3)
+            return support < p.min_support
+        return False
