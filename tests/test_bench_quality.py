@@ -112,10 +112,18 @@ def test_sets_are_built_and_run_end_to_end(bench, tmp_path: Path, capsys: pytest
     out = tmp_path / "out"
     rc = bench.main(["--data", str(data), "--out", str(out), "--questions", "8", "--limit", "3",
                      "--needle-lengths", "300", "600", "--concat-min-words", "100",
-                     "--configs", str(configs / "rag.yaml"), str(configs / "long.yaml")])
+                     "--configs", str(configs / "rag.yaml"), str(configs / "long.yaml"), "--ablation-base", "rag-echo"])
     assert rc == 0
     rows = json.loads((out / "quality.json").read_text())
+    routes = [r["self_route"] for r in rows if "self_route" in r]
+    rows = [r for r in rows if "self_route" not in r]
     assert len(rows) == 10 and {r["metrics"]["n"] for r in rows} == {3}
+    # Self-Route composed per RAG row and min_support (1.0, 0.5): echo answers are words of the passage
+    # it read, so they are grounded and keep their RAG score; on the tiny HotpotQA set BM25 finds no
+    # passage, the answers are empty, and every question falls back.
+    assert len(routes) == 10 and {r["min_support"] for r in routes} == {1.0, 0.5}
+    for r in routes:
+        assert (r["fallback_rate"], r["delta_vs_rag"][0]) == ((1.0, 0.0) if r["set"] == "hotpotqa" else (0.0, 0.0))
     for r in rows:
         funnel = json.loads((Path(r["run_dir"]) / "funnel.json").read_text())
         assert funnel["rates"]["n"] == 3 and len(funnel["rows"]) == 3
@@ -126,6 +134,56 @@ def test_sets_are_built_and_run_end_to_end(bench, tmp_path: Path, capsys: pytest
     assert rag_needle["funnel"]["stages"]["corpus"]["rate"] == 1.0
     md = (out / "quality.md").read_text()
     assert md.count("| rag-echo | reader.echo | 3 |") == 5 and "ΔF1 vs long ctx" in md
+    # the ablation column: each set's rag-echo row is its own reference, long-echo is compared with it
+    assert md.count("| ΔF1 vs rag-echo |") == 5 and md.count("| (baseline) | (baseline) |") == 0
+    assert all(line.count("(baseline)") == 1 for line in md.splitlines() if line.startswith(("| rag-echo", "| long-echo")))
     assert (out / "sets" / "multi-needle" / "questions.jsonl").is_file()
     assert bench.main(["--data", str(tmp_path / "nope")]) == 2
     assert "data dir" in capsys.readouterr().err
+
+
+def _run_dir(path: Path, rows: list[dict], preds: list[dict]) -> Path:
+    path.mkdir(parents=True)
+    (path / "per_question.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (path / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds), encoding="utf-8")
+    return path
+
+
+def test_self_route_composition_by_hand(bench, tmp_path: Path) -> None:
+    read = [{"text": "The tower was finished in 1889 by Gustave Eiffel."}]
+    rag = _run_dir(tmp_path / "rag", [
+        {"id": "q1", "f1": 1.0, "reader_tokens": 100},  # grounded and right
+        {"id": "q2", "f1": 0.0, "reader_tokens": 100},  # made up and wrong
+        {"id": "q3", "f1": 0.5, "reader_tokens": 100},  # half grounded
+    ], [
+        {"id": "q1", "answer": "1889", "citations": read},
+        {"id": "q2", "answer": "Paris", "citations": read},
+        {"id": "q3", "answer": "Gustave Zorb", "citations": read},
+    ])
+    base = _run_dir(tmp_path / "long", [{"id": q, "f1": f, "reader_tokens": 1000} for q, f in (("q1", 0.0), ("q2", 1.0), ("q3", 0.0))], [])
+    Row = bench.Row
+    r = Row("s", "rag", "m", False, rag, {}, {})
+    b = Row("s", "long", "m", True, base, {}, {})
+    strict = bench.self_route(r, b, 1.0)  # q2 and q3 fall back
+    assert strict["fallback_rate"] == pytest.approx(2 / 3)
+    assert strict["f1"] == pytest.approx((1 + 1 + 0) / 3) and strict["reader_tokens_mean"] == pytest.approx((100 + 1100 + 1100) / 3)
+    assert strict["rag_f1_kept"] == 1.0 and strict["rag_f1_sent"] == 0.25 and strict["long_f1_sent"] == 0.5
+    half = bench.self_route(r, b, 0.5)  # only q2 (support 0) falls back
+    assert half["fallback_rate"] == pytest.approx(1 / 3) and half["f1"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert half["delta_vs_rag"][0] == pytest.approx(1 / 3) and half["delta_vs_long"][0] == pytest.approx(2.5 / 3 - 1 / 3)
+    text, data = bench.route_table([r, b], [1.0, 0.5])
+    assert len(data) == 2 and text.count("| rag | m |") == 2
+
+
+def test_screen_packs_passages_like_the_reader(bench) -> None:
+    count = lambda t: len(t.split())  # noqa: E731
+    texts = ["a b c d e f g h i j", "k l m n o p q r s t", "u v w x y z"]
+    shown, spent = bench.pack_passages(texts, count, 100)
+    assert shown == texts and spent == 11 + 11 + 7  # "[n]" labels count
+    shown, spent = bench.pack_passages(texts, count, 28)  # the third (7 tokens) does not fit; 5 left are too few to cut
+    assert shown == texts[:2] and spent == 22
+    shown, spent = bench.pack_passages(["a b c d e f g h i j k l m n o p q r s t"], count, 12)
+    assert len(shown) == 1 and shown[0].startswith("a b c") and len(shown[0]) < 39 and spent == 12
+    cfg = {"name": "x", "stages": [{"key": "retriever.hybrid", "params": {"top_k": 5, "candidates": 10}},
+                                   {"key": "reorder.hard_negative"}, {"key": "reader.hf", "params": {}}]}
+    assert bench.screen_config(cfg, 20)["stages"] == [{"key": "retriever.hybrid", "params": {"top_k": 20, "candidates": 20}}]
