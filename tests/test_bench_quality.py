@@ -188,3 +188,33 @@ def test_screen_packs_passages_like_the_reader(bench) -> None:
     cfg = {"name": "x", "stages": [{"key": "retriever.hybrid", "params": {"top_k": 5, "candidates": 10}},
                                    {"key": "reorder.hard_negative"}, {"key": "reader.hf", "params": {}}]}
     assert bench.screen_config(cfg, 20)["stages"] == [{"key": "retriever.hybrid", "params": {"top_k": 20, "candidates": 20}}]
+
+
+def test_screen_scores_retrieval_levers_without_a_reader(bench, tmp_path: Path, tiny_lm_dir: Path) -> None:
+    data = _data(tmp_path)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, size in (("small", 16), ("large", 64)):
+        (configs / f"{name}.yaml").write_text(
+            f"name: {name}\nchunker: {{kind: tokens, size: {size}, overlap: 4}}\nstages:\n"
+            "  - {key: retriever.bm25, params: {top_k: 2}}\n  - {key: reorder.hard_negative, params: {}}\n"
+            "  - {key: reader.echo, params: {words: 8}}\n", encoding="utf-8")
+    (configs / "long.yaml").write_text("name: long\nchunker: {kind: whole}\nstages:\n  - {key: reader.echo}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    rc = bench.main(["--data", str(data), "--out", str(out), "--sets", "squad-article", "--questions", "8", "--screen",
+                     "--budgets", "8", "400", "--screen-top-k", "3", "--screen-tokenizer", str(tiny_lm_dir),
+                     "--configs", *(str(configs / f"{n}.yaml") for n in ("small", "large", "long"))])
+    assert rc == 0
+    rows = json.loads((out / "screen.json").read_text())
+    assert [r["config"] for r in rows] == ["small", "large"]  # the long-context config has nothing to screen
+    for r in rows:
+        assert r["n"] == 8 and r["top_k"] == 3
+        budget = r["recall_at_budget"]
+        # a larger budget never shows less; the 8-token budget shows (almost) nothing
+        assert budget["8"] <= budget["400"] <= r["in_top_k"] and r["in_first"] <= r["in_top_k"]
+        assert r["tokens_at_budget"]["8"] <= 8 < r["tokens_at_budget"]["400"] <= 400
+    # the river answers sit in one sentence of each paragraph: a top-3 of whole paragraphs finds them all
+    assert rows[1]["in_top_k"] == 1.0
+    assert "ans. in passage 1" in (out / "screen.md").read_text()
+    assert bench.main(["--data", str(data), "--out", str(out), "--sets", "squad-article", "--screen",
+                       "--screen-tokenizer", str(tmp_path / "nope"), "--configs", str(configs / "small.yaml")]) == 2
