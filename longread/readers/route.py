@@ -64,7 +64,7 @@ class RouteParams(Params):
     ``reader.hf`` (no clause; small models rarely say "unanswerable") and a question falls back
     when its answer is empty or less than ``min_support`` of its words occur in the passages the
     reader saw (:func:`answer_support`): on extractive questions an answer the passages do not
-    spell out is usually wrong (see the README's long-document numbers).
+    spell out is usually wrong (benchmarks/quality.py reports the signal's calibration).
     """
 
     rag: dict[str, Any] = Field(default_factory=dict)
