@@ -54,6 +54,7 @@ from longread.config import load_config
 from longread.data import load_hotpotqa, load_squad, write_jsonl
 from longread.eval.compare import load_run, paired_bootstrap, paired_scores
 from longread.eval.funnel import answer_funnel, format_funnel
+from longread.eval.report import load_rows
 from longread.io import atomic_write_json, atomic_write_text
 from longread.pipelines.pipeline import Pipeline, resolve_config_path
 from longread.pipelines.runner import run
@@ -443,8 +444,7 @@ def delta_vs_baseline(row: Row, rows: Sequence[Row], n_resamples: int = 2000, *,
 
 
 def _per_question(run_dir: Path) -> dict[str, dict[str, Any]]:
-    rows = [json.loads(line) for line in (run_dir / "per_question.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["id"]: r for r in rows}
+    return {r["id"]: r for r in load_rows(run_dir) or []}
 
 
 def self_route(rag: Row, base: Row, min_support: float) -> dict[str, Any]:
